@@ -1,0 +1,37 @@
+# diffrepro: the two commands that matter are `make repro` and `make test`.
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup test repro bench lint browser clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) browser
+
+# Debian's chromium for the leaderboard browser test (skipped when apt is not available).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"; }
+
+test: setup
+	$(BIN)/python -m pytest -q -x
+
+repro: $(STAMP)
+	$(BIN)/dvc repro papers/pom/dvc.yaml
+
+bench: $(STAMP)
+	$(BIN)/dvc repro bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check common papers pipelines tests
+
+clean:
+	rm -rf $(VENV)

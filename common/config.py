@@ -1,0 +1,232 @@
+"""Typed run configuration, loaded from a paper's `params.yaml` and validated with errors naming the key.
+
+A paper's params file looks like::
+
+    preset: tiny
+    data: {name: mnist5k}
+    model: {name: DiT-T/4}
+    diffusion: {objective: flow}
+    train: {steps: 4000, batch_size: 64, ...}
+    sample: {num_samples: 2000, sampler: euler, steps: 50, cfg_scale: 2.0}
+    variants:                      # each variant overrides the base sections
+      sit: {diffusion: {objective: flow}}
+      dit: {diffusion: {objective: ddpm}, sample: {sampler: ddim}}
+    presets:                       # `preset: paper` applies these overrides first
+      paper: {model: {name: DiT-XL/2}, ...}
+
+`resolve(params, variant, sets)` merges base <- preset <- variant <- `--set k=v` overrides and returns a
+`RunConfig`. Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the dotted key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the dotted key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist5k"
+    root: str = "data"              # where datasets are cached / downloaded
+    frames: int = 16                # video datasets only
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "DiT-T/4"           # a registered preset (common.models.MODELS)
+    mixer: str = ""                 # override the preset's token mixer ("" keeps it)
+    mixer_kwargs: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)  # any DiT constructor argument
+
+
+@dataclass
+class DiffusionConfig:
+    objective: str = "flow"         # flow (SiT, velocity) | ddpm (DiT, epsilon + learned range)
+    num_timesteps: int = 1000       # ddpm only
+    learn_sigma: bool = True        # ddpm only: hybrid loss with learned-range variance
+    per_frame_t: bool = False       # video: an independent timestep per frame (diffusion forcing / FVDM)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 64            # global batch; each of W processes gets batch_size / W
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0          # 0 disables
+    ema_decay: float = 0.999
+    precision: str = "fp32"         # fp32 | bf16 (autocast)
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 500
+    threads: int = 0                # torch.set_num_threads; 0 leaves the default
+
+
+@dataclass
+class SampleConfig:
+    num_samples: int = 2000
+    batch_size: int = 250
+    sampler: str = "euler"          # common.diffusion.SAMPLERS
+    steps: int = 50
+    cfg_scale: float = 2.0
+    cfg_channels: int = 0           # 0 = all channels; DiT's official quirk is 3 of 4
+    use_ema: bool = True
+    seed: int = 0
+    grid: int = 100                 # how many samples go into the PNG grid
+
+
+@dataclass
+class RunConfig:
+    paper: str = "dit"
+    variant: str = ""
+    preset: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_RANGES = {
+    "train.steps": (1, None), "train.batch_size": (1, None), "train.lr": (0.0, 1.0),
+    "train.ema_decay": (0.0, 1.0), "train.grad_clip": (0.0, None), "train.log_every": (1, None),
+    "train.ckpt_every": (1, None), "train.warmup_steps": (0, None), "train.threads": (0, None),
+    "train.weight_decay": (0.0, None),
+    "sample.num_samples": (1, None), "sample.batch_size": (1, None), "sample.steps": (1, None),
+    "sample.cfg_scale": (0.0, None), "sample.grid": (0, None), "sample.cfg_channels": (0, None),
+    "diffusion.num_timesteps": (2, None), "data.frames": (1, None),
+}
+_CHOICES = {
+    "train.precision": ("fp32", "bf16"),
+    "diffusion.objective": ("flow", "ddpm"),
+    "preset": ("tiny", "paper", "test"),
+}
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # yaml reads 3e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if origin in (list, dict):
+        tp = origin
+    if isinstance(tp, type) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"params key '{key}' must be {tp.__name__}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"params key '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = prefix + k
+        if k not in names:
+            raise ConfigError(f"unknown params key '{key}' (known: {', '.join(sorted(names))})")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _build(tp, v, key + ".")
+        else:
+            if isinstance(tp, types.UnionType):
+                tp = typing.get_args(tp)[0]
+            v = _check_type(key, v, tp)
+            if key in _RANGES:
+                lo, hi = _RANGES[key]
+                if (lo is not None and v < lo) or (hi is not None and v > hi):
+                    raise ConfigError(f"params key '{key}' = {v!r} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
+            if key in _CHOICES and v not in _CHOICES[key]:
+                raise ConfigError(f"params key '{key}' = {v!r} must be one of {_CHOICES[key]}")
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("mixer_kwargs",):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(assignments: list[str]) -> dict:
+    """`["train.steps=200", "model.name=DiT-S/2"]` -> nested dict (values parsed as YAML scalars)."""
+    out: dict = {}
+    for a in assignments or []:
+        if "=" not in a:
+            raise ConfigError(f"--set expects key=value, got {a!r}")
+        key, val = a.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return out
+
+
+def load_params(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"params file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {path} must hold a mapping")
+    return data
+
+
+RUN_SECTIONS = ("data", "model", "diffusion", "train", "sample")
+
+
+def resolve(params: dict, paper: str, variant: str, sets: dict | None = None) -> RunConfig:
+    """Merge base <- preset <- variant <- sets and validate into a RunConfig."""
+    params = deep_merge(params, {k: v for k, v in (sets or {}).items() if k == "preset"})
+    preset = params.get("preset", "tiny")
+    variants = params.get("variants", {}) or {}
+    if variant not in variants:
+        raise ConfigError(f"unknown variant '{variant}' for paper '{paper}' (known: {', '.join(variants) or 'none'})")
+    base = {k: params[k] for k in RUN_SECTIONS if k in params}
+    presets = params.get("presets", {}) or {}
+    if preset != "tiny":
+        if preset not in presets:
+            raise ConfigError(f"params key 'preset' = {preset!r}: no such preset (known: tiny, {', '.join(presets)})")
+        base = deep_merge(base, presets[preset])
+    v = variants[variant] or {}
+    extra = set(v) - set(RUN_SECTIONS) - {"seeds", "preset_overrides"}
+    if extra:
+        raise ConfigError(f"unknown params key 'variants.{variant}.{sorted(extra)[0]}'")
+    merged = deep_merge(base, {k: v[k] for k in RUN_SECTIONS if k in v})
+    if preset in (v.get("preset_overrides") or {}):
+        merged = deep_merge(merged, v["preset_overrides"][preset])
+    merged = deep_merge(merged, {k: val for k, val in (sets or {}).items() if k != "preset"})
+    merged.update(paper=paper, variant=variant, preset=preset)
+    return _build(RunConfig, merged, "")
+
+
+def from_dict(d: dict) -> RunConfig:
+    return _build(RunConfig, d, "")

@@ -1,0 +1,36 @@
+"""Print parameter count and GFLOPs of a registered model config as JSON.
+
+    python -m pipelines.describe DiT-XL/2 [--set mixer=pom ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from common.config import parse_set
+from common.flops import model_flops
+from common.models import count_params, create_model
+
+from ._cli import friendly_errors
+
+
+@friendly_errors
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("model")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="constructor overrides, e.g. mixer=pom")
+    args = ap.parse_args(argv)
+    model = create_model(args.model, **parse_set(args.sets))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with torch.device("cpu"):
+        fl = model_flops(model)
+    print(json.dumps({"model": args.model, "params": count_params(model), "trainable_params": trainable,
+                      "gflops": round(fl["gflops"], 4), "gmacs": round(fl["gmacs"], 4),
+                      "tokens": model.pos_embed.shape[1], "mixers": sorted(set(model.mixers))}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
