@@ -22,13 +22,15 @@ browser:
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"; }
 
 test: setup
-	$(BIN)/python -m pytest -q -x
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
+# The default replication: PoM with the attention reference it compares against (pulled in from
+# papers/dit), then the leaderboard page.
 repro: $(STAMP)
-	$(BIN)/dvc repro papers/pom/dvc.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro papers/pom/dvc.yaml
 
 bench: $(STAMP)
-	$(BIN)/dvc repro bench
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro dvc.yaml:bench papers/pom/dvc.yaml:bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check common papers pipelines tests

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from importlib import import_module
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def paper_params(paper: str, params_path: str | None = None) -> dict:
         return load_params(params_path)
     if paper not in known_papers():
         raise ConfigError(f"unknown paper '{paper}' (known: {', '.join(known_papers())})")
+    import_module(f"papers.{paper}")  # a paper may register its own models (e.g. DiPoM-*)
     return load_params(PAPERS_DIR / paper / "params.yaml")
 
 

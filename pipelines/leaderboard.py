@@ -100,26 +100,19 @@ def basic_problems(data) -> list[str]:
 
 
 def validation_problems(data) -> list[str]:
-    """Problems found by common.metrics.schema.validate_metrics when it exists, else by basic_problems.
-
-    validate_metrics may raise (ValueError & co.) or return a list of problems; both are accepted.
-    Our own basic checks always run too, because the page below relies on them.
-    """
-    problems = []
+    """Problems found by common.metrics.schema.validate_metrics (the project's schema), or by our own
+    basic_problems when that module cannot be imported. The validator may return a list or raise."""
     try:
         from common.metrics.schema import validate_metrics
-    except Exception:  # not written yet, or its package fails to import: fall back to our checks
-        validate_metrics = None
-    if validate_metrics is not None:
-        try:
-            found = validate_metrics(data)
-        except Exception as e:  # noqa: BLE001 - any failure is a problem to show, not a crash
-            found = [f"{type(e).__name__}: {e}"]
-        if isinstance(found, str):
-            found = [found]
-        if isinstance(found, (list, tuple)):
-            problems += [str(p) for p in found]
-    return problems + [p for p in basic_problems(data) if p not in problems]
+    except Exception:  # noqa: BLE001 - missing or broken schema module: fall back to the basic checks
+        return basic_problems(data)
+    try:
+        found = validate_metrics(data)
+    except Exception as e:  # noqa: BLE001 - a crash in validation is a problem to show, not a broken page
+        return [f"{type(e).__name__}: {e}"]
+    if isinstance(found, str):
+        return [found]
+    return [str(p) for p in found or []]
 
 
 def is_toy(data: dict) -> bool:
@@ -222,7 +215,7 @@ def _si(v) -> str:
         return "–"
     for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(v) >= div:
-            return f"{v / div:.2f}{unit}"
+            return f"{v / div:.3g}{unit}"
     return f"{v:g}"
 
 
@@ -395,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     data = build(Path(args.papers), Path(args.out), Path(args.root) if args.root else None)
     bad = [p["paper"] for p in data["papers"] if p["status"] == "error"]
-    print(f"[leaderboard] {len(data['rows'])} rows from {len(data['papers']) - len(bad)} papers -> "
+    ok = sum(p["status"] == "ok" for p in data["papers"])
+    print(f"[leaderboard] {len(data['rows'])} rows from {ok} papers -> "
           f"{Path(args.out) / 'index.html'}" + (f"; errors in {bad}" if bad else ""))
     return 0
 

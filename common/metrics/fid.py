@@ -90,8 +90,8 @@ def fid_torchmetrics(feature_net, real_images, fake_images, batch_size: int = 50
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
 
+    # its sums are float64 already; no set_dtype (that would also cast feature_net's weights)
     metric = FrechetInceptionDistance(feature=feature_net, reset_real_features=True)
-    metric.set_dtype(torch.float64)
     for imgs, real in ((real_images, True), (fake_images, False)):
         imgs = torch.as_tensor(np.asarray(imgs))
         for i in range(0, len(imgs), batch_size):

@@ -1,0 +1,178 @@
+"""Timing, peak-memory and FLOP utilities, and `bench_mixers` (one mixer layer, forward + backward).
+
+What is measured, and how (so the numbers can be trusted):
+
+- time: `ms_fwd_bwd` is the median wall time of `y = mixer(x); y.sum().backward()` (no optimizer),
+  after one untimed warm-up run, with `torch.set_num_threads(threads)`.
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode` over the same forward + backward. It counts
+  matrix products only (elementwise work is free). Its registry misses the CPU flash-attention op
+  that `F.scaled_dot_product_attention` dispatches to on CPU, so `flop_counter()` adds that op and
+  its backward with torch's own SDPA formulas (otherwise attention would look linear).
+- peak memory: every (mixer, N) point runs in a FRESH Python subprocess. After the model and input
+  exist, and after one tiny warm-up pass (8 tokens) that loads libraries and lazy buffers, it reads `resource.getrusage(RUSAGE_SELF).ru_maxrss`, runs the first forward + backward, and
+  reports the growth of the maximum resident set size. That is the extra RAM the operating system
+  really had to provide for activations, gradients and temporaries (the process peak, not what
+  torch thinks it allocated), for the first iteration; a fresh process keeps earlier points from
+  hiding later peaks. Large CPU allocations are mmap-ed and returned on free, so this tracks the
+  true transient peak, up to page granularity and the allocator's small-block caching.
+- `gflops_per_s` = gflop / time, to compare with `matmul_gflops_per_s()` (a large fp32 GEMM on this
+  machine with the same thread count): the fraction tells how close a mixer runs to the GEMM
+  roofline.
+
+Attention points predicted (quadratic extrapolation from the previous point) to take more than
+`max_seconds` per forward + backward, or more than `max_gb` of memory, are skipped (returned with
+`skipped` set) instead of hanging the machine. Functions return data only; the CLI and the DVC
+stage that write files live in pipelines/.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+CPU_SDPA = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+def flop_counter():
+    """A `FlopCounterMode` that also counts CPU flash attention (forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def fwd(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, q, k, v)
+
+    mapping = {}
+    aten = torch.ops.aten
+    if hasattr(aten, CPU_SDPA):
+        mapping[getattr(aten, CPU_SDPA)] = fwd
+    if hasattr(aten, CPU_SDPA + "_backward"):
+        mapping[getattr(aten, CPU_SDPA + "_backward")] = bwd
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_flops(fn) -> int:
+    """FLOPs (matrix products, incl. CPU SDPA) of one call of fn()."""
+    with flop_counter() as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def time_ms(fn, reps: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() in milliseconds after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(max(1, reps)):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return 1e3 * ts[len(ts) // 2]
+
+
+def matmul_gflops_per_s(n: int = 2048, reps: int = 5, threads: int | None = None) -> float:
+    """fp32 GEMM throughput (n x n @ n x n) on this machine: the yardstick for gflops_per_s."""
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / (time_ms(lambda: a @ b, reps) * 1e-3) / 1e9
+
+
+def loglog_slope(xs, ys) -> float:
+    """Least-squares slope of log(y) against log(x) (1 = linear, 2 = quadratic)."""
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def _maxrss_mb() -> float:
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux (bytes on macOS)
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def measure_point(mixer: str, N: int, dim: int, batch: int, heads: int, reps: int, threads: int,
+                  mixer_kwargs: dict | None = None, seed: int = 0) -> dict:
+    """One (mixer, N) point in THIS process (call it in a fresh process for honest peak memory)."""
+    from common.mixers import build_mixer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    m = build_mixer(mixer, dim, heads, **(mixer_kwargs or {}))
+    x = torch.randn(batch, N, dim, requires_grad=True)  # (B, N, D)
+
+    def fwd_bwd():
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        m(x).sum().backward()
+
+    # import and initialise everything lazily loaded (triton via the flop counter, oneDNN, autograd
+    # threads) on a tiny input first, so the baseline below excludes these one-off costs
+    xs = torch.randn(batch, min(N, 8), dim, requires_grad=True)
+    count_flops(lambda: m(xs).sum().backward())
+    base = _maxrss_mb()
+    flops = count_flops(fwd_bwd)  # first run: also the memory peak and the warm-up
+    peak = _maxrss_mb() - base
+    ms = time_ms(fwd_bwd, reps, warmup=0)
+    return {"mixer": mixer, "N": N, "dim": dim, "batch": batch, "heads": heads, "threads": threads,
+            "ms_fwd_bwd": ms, "peak_mb": peak, "gflop": flops / 1e9,
+            "gflops_per_s": flops / 1e9 / (ms * 1e-3)}
+
+
+def _run_point_subprocess(kwargs: dict, timeout: float) -> dict:
+    code = ("import json, sys; from common.bench import measure_point; "
+            "print(json.dumps(measure_point(**json.loads(sys.argv[1]))))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
+                         timeout=timeout, cwd=root, env=env)
+    if out.returncode:
+        raise RuntimeError(f"benchmark point {kwargs} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_mixers(Ns=(64, 256, 1024, 2048, 4096, 8192, 16384), dim: int = 256, batch: int = 4, heads: int = 4,
+                 mixers=("pom", "attention"), reps: int = 3, threads: int = 2, mixer_kwargs=None,
+                 max_seconds: float = 60.0, max_gb: float = 16.0, subprocess_per_point: bool = True,
+                 log=print) -> list[dict]:
+    """Forward + backward cost of one mixer layer over sequence lengths Ns.
+
+    Returns one dict per (mixer, N): {mixer, N, ms_fwd_bwd, peak_mb, gflop, gflops_per_s, ...};
+    skipped points carry `skipped` (the reason) and None values. `mixer_kwargs` maps a mixer name to
+    its constructor kwargs (e.g. {"pom": {"degree": 2, "expand": 2}})."""
+    rows = []
+    for name in mixers:
+        prev = None
+        for N in sorted(Ns):
+            kw = dict(mixer=name, N=N, dim=dim, batch=batch, heads=heads, reps=reps, threads=threads,
+                      mixer_kwargs=(mixer_kwargs or {}).get(name))
+            if prev is not None and name != "pom":  # extrapolate quadratically (conservative for linear mixers)
+                r = N / prev["N"]
+                est_s, est_gb = prev["ms_fwd_bwd"] * 1e-3 * r * r, max(prev["peak_mb"], 1.0) * r * r / 1024
+                if est_s > max_seconds or est_gb > max_gb:
+                    rows.append({"mixer": name, "N": N, "ms_fwd_bwd": None, "peak_mb": None, "gflop": None,
+                                 "gflops_per_s": None, "est_s": est_s,
+                                 "skipped": f"predicted {est_s:.0f} s / {est_gb:.1f} GB per fwd+bwd"})
+                    log(f"{name:>10} N={N:>6} skipped ({rows[-1]['skipped']})")
+                    continue
+                kw["reps"] = max(1, min(reps, int(max_seconds / max(est_s, 1e-9))))
+            timeout = 20 * max_seconds + 60
+            row = _run_point_subprocess(kw, timeout) if subprocess_per_point else measure_point(**kw)
+            rows.append(row)
+            prev = row
+            log(f"{name:>10} N={N:>6} {row['ms_fwd_bwd']:10.1f} ms {row['peak_mb']:9.1f} MB "
+                f"{row['gflop']:9.2f} GFLOP {row['gflops_per_s']:7.1f} GFLOP/s")
+    return rows
+
+
+__all__ = ["bench_mixers", "measure_point", "matmul_gflops_per_s", "loglog_slope", "count_flops",
+           "flop_counter", "time_ms"]

@@ -1,0 +1,183 @@
+"""Frame-by-frame (sequential) video generation through the DiT's `step_frame`, and its benchmark.
+
+A video DiT trained with a block-causal mask (`mask="block"`) and per-frame timesteps
+(`diffusion.per_frame_t: true`) can generate a video one frame at a time: frame f is denoised from
+t = 1 to t = 0 while the frames before it are clean (t = 0) context. Each block's mixer keeps a
+recurrent state of the committed frames (`Mixer.step`): a key/value cache that grows with every frame
+for attention, a fixed-size polynomial mean for PoM, so PoM's memory per generated frame is constant.
+
+For every frame f:
+1. integrate frame f alone with the objective's own sampler (flow: Euler ODE from t = 1 to 0; DDPM:
+   respaced ancestral / DDIM), every network call being `model.step_frame(x_f, t, y, states, f)`; the
+   states that these calls return are discarded (they hold a noisy frame);
+2. commit: run `step_frame` once more on the clean frame at t = 0 and keep the returned states.
+
+Classifier-free guidance runs the conditional and unconditional halves as one batch of 2B rows
+(`force_drop_ids`), so the states carry 2B rows; both halves are conditioned on the same (guided)
+committed frames. This costs steps + 1 network calls per frame (2B rows each with guidance).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from .guidance import CFGDenoiser
+
+DEFAULT_SAMPLER = {"flow": "euler", "ddpm": "ddpm"}
+
+
+class _FrameModel:
+    """`(x (B', C, H, W), t (B',), y (B',), force_drop_ids) -> out` for frame `index` with fixed states."""
+
+    def __init__(self, model, states, index: int):
+        self.model, self.states, self.index = model, states, index
+        self.in_channels = model.in_channels
+
+    def __call__(self, x, t, y, force_drop_ids=None):
+        out, _ = self.model.step_frame(x, t, y, self.states, self.index, force_drop_ids=force_drop_ids)
+        return out
+
+
+def _check(objective, model, noise, sampler):
+    name = getattr(objective, "name", type(objective).__name__)
+    if name not in DEFAULT_SAMPLER:
+        raise KeyError(f"sequential video sampling supports the objectives {sorted(DEFAULT_SAMPLER)}, got '{name}'")
+    if noise.dim() != 5:
+        raise ValueError(f"sequential sampling needs video noise (B, F, C, H, W), got shape {tuple(noise.shape)}")
+    if getattr(model, "mask", None) != "block":
+        raise ValueError(f"sequential sampling needs a model built with mask='block' (got mask={model.mask!r}): "
+                         "frame-by-frame generation is exact only for a block-causal model")
+    if noise.shape[1] > max(model.frames, 1):
+        raise ValueError(f"noise has {noise.shape[1]} frames but the model was built for frames={model.frames}")
+    missing = [m for m, b in zip(model.mixers, model.blocks) if not hasattr(b.attn, "step")]
+    if missing:
+        raise ValueError(f"mixers {sorted(set(missing))} have no recurrent `step`; sequential sampling needs one")
+    return sampler or DEFAULT_SAMPLER[name]
+
+
+@torch.no_grad()
+def sample_sequential_with_states(objective, model, noise, y, steps: int, cfg_scale: float = 1.0,
+                                  cfg_channels: int = 0, sampler: str | None = None, seeds=None):
+    """`sample_sequential` that also returns the per-block mixer states after the last frame."""
+    sampler = _check(objective, model, noise, sampler)
+    B, F = noise.shape[:2]
+    seeds = list(range(B)) if seeds is None else list(seeds)
+    guided = cfg_scale != 1.0
+    rows = 2 * B if guided else B
+    drop = torch.cat([torch.zeros(B), torch.ones(B)]).long().to(noise.device) if guided else None
+    y_rows = torch.cat([y, y]) if guided else y  # (rows,)
+    t0 = torch.zeros(rows, device=noise.device)
+    out = torch.empty_like(noise)  # (B, F, C, H, W)
+    states = None
+    for f in range(F):
+        frame_model = _FrameModel(model, states, f)
+        denoiser = CFGDenoiser(frame_model, cfg_scale, cfg_channels, in_channels=model.in_channels)
+        frame_seeds = [s * 1_009 + f for s in seeds]  # fresh SDE/ancestral noise per frame
+        x = objective.sample(denoiser, noise[:, f], y, sampler=sampler, steps=steps, seeds=frame_seeds)  # (B, C, H, W)
+        out[:, f] = x
+        x_rows = torch.cat([x, x]) if guided else x
+        _, states = model.step_frame(x_rows, t0, y_rows, states, f, force_drop_ids=drop)  # commit clean frame
+    return out, states
+
+
+def sample_sequential(objective, model, noise, y, steps: int, cfg_scale: float = 1.0, cfg_channels: int = 0,
+                      sampler: str | None = None, seeds=None) -> torch.Tensor:
+    """Generate a video frame by frame: noise (B, F, C, H, W), labels y (B,) -> video (B, F, C, H, W).
+
+    `sampler` defaults to the objective's basic one (flow: euler, ddpm: ddpm); `seeds` (one per row)
+    seed the stochastic samplers' per-step noise."""
+    return sample_sequential_with_states(objective, model, noise, y, steps, cfg_scale, cfg_channels,
+                                         sampler, seeds)[0]
+
+
+def state_bytes(states) -> int:
+    """Total bytes of all tensors in a (nested) state structure."""
+    if isinstance(states, torch.Tensor):
+        return states.numel() * states.element_size()
+    if isinstance(states, (list, tuple)):
+        return sum(state_bytes(s) for s in states)
+    return 0
+
+
+# ---- benchmark -------------------------------------------------------------------------------------
+
+def _maxrss_mb() -> float:
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux (bytes on macOS)
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def measure_video_point(mixer: str, frames: int, model: str = "DiT-M/4", batch: int = 8, steps: int = 4,
+                        cfg_scale: float = 2.0, threads: int = 1, seed: int = 0) -> dict:
+    """Sequential generation of `frames` frames in THIS process (run in a fresh process for honest memory)."""
+    from common.diffusion import FlowMatching
+    from common.models import create_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    net = create_model(model, frames=frames, mask="block", mixer=mixer).eval()
+    for p in net.parameters():  # untrained but not identity: undo adaLN-Zero so every layer computes
+        if p.requires_grad and p.dim() > 0 and not p.abs().sum():
+            p.data.normal_(0, 0.02)
+    noise = torch.randn(batch, frames, net.in_channels, net.input_size, net.input_size)
+    y = torch.arange(batch) % net.num_classes
+    fm = FlowMatching()
+    sample_sequential(fm, net, noise[:, :1], y, 1, cfg_scale)  # warm-up: one frame, one step
+    base = _maxrss_mb()
+    t0 = time.perf_counter()
+    video, states = sample_sequential_with_states(fm, net, noise, y, steps, cfg_scale)
+    seconds = time.perf_counter() - t0
+    peak = _maxrss_mb()
+    return {"mixer": mixer, "frames": frames, "model": model, "batch": batch, "steps": steps,
+            "cfg_scale": cfg_scale, "threads": threads, "peak_mb": peak - base, "rss_mb": peak,
+            "s_per_frame": seconds / frames, "state_mb": state_bytes(states) / 2**20,
+            "video_mb": video.numel() * video.element_size() / 2**20}
+
+
+def _run_subprocess(kwargs: dict, timeout: float) -> dict:
+    code = ("import json, sys; from common.diffusion.video import measure_video_point; "
+            "print(json.dumps(measure_video_point(**json.loads(sys.argv[1]))))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
+                         timeout=timeout, cwd=root, env=env)
+    if out.returncode:
+        raise RuntimeError(f"video benchmark point {kwargs} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_video(mixers=("pom", "attention"), frames=(4, 8, 16, 32), model: str = "DiT-M/4", batch: int = 8,
+                steps: int = 4, cfg_scale: float = 2.0, threads: int = 1, timeout: float = 1800,
+                subprocess_per_point: bool = True, log=print) -> list[dict]:
+    """Memory and time of sequential generation with an untrained video DiT (mask='block').
+
+    One row per (mixer, frames): {mixer, frames, peak_mb, s_per_frame, rss_mb, state_mb, video_mb, ...}.
+
+    - peak_mb: growth of the process's maximum resident set size (`ru_maxrss`) during generation,
+      above the level reached after building the model and a one-frame warm-up. Each point runs in a
+      FRESH Python process (`subprocess_per_point`), so an earlier, larger point cannot hide a peak.
+      It includes everything generation needs: mixer states, activations, temporaries and the
+      output video itself (`video_mb`, which grows with frames for every mixer).
+    - rss_mb: the process's absolute peak RSS (libraries, model and all).
+    - state_mb: exact bytes of the per-block mixer states after the last frame (KV cache vs PoM state).
+    - s_per_frame: wall time / frames, including steps + 1 network calls per frame with CFG (2B rows).
+    """
+    rows = []
+    for name in mixers:
+        for F in sorted(frames):
+            kw = dict(mixer=name, frames=F, model=model, batch=batch, steps=steps, cfg_scale=cfg_scale,
+                      threads=threads)
+            row = _run_subprocess(kw, timeout) if subprocess_per_point else measure_video_point(**kw)
+            rows.append(row)
+            log(f"{name:>10} F={F:>3} peak {row['peak_mb']:8.1f} MB (rss {row['rss_mb']:7.1f} MB, state "
+                f"{row['state_mb']:7.2f} MB, video {row['video_mb']:6.2f} MB) {row['s_per_frame']:7.3f} s/frame")
+    return rows
+
+
+__all__ = ["sample_sequential", "sample_sequential_with_states", "bench_video", "measure_video_point", "state_bytes"]

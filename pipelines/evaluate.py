@@ -1,0 +1,165 @@
+"""Stage: evaluate the samples of one or more runs in the `mnist-cnn` feature space.
+
+    python -m pipelines.evaluate runs/<paper>/<variant>/s<seed> [...] --featnet data/featnet
+
+Reads `<run>/samples.npz` (`arr_0` uint8 (N, H, W, C) or (N, F, H, W, C), `labels` (N,)), plus
+`samples.json` and `train.json` for the protocol, and writes `<run>/eval.json`: FID against the
+reference statistics, KID, precision/recall (k-NN, k=3), class consistency, and for videos the per-frame
+FID (all frames pooled, against real video frames) and temporal consistency. Each number sits beside its
+protocol (feature space, sample count, reference, sampler, steps, guidance, EMA, dataset, preset).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.metrics.featnet import CKPT_NAME, FEATURE_SPACE, FeatNetError, load_featnet, load_ref_stats
+from common.metrics.fid import (
+    MetricsError,
+    class_consistency,
+    feature_stats,
+    frechet_distance,
+    kid,
+    precision_recall,
+)
+from common.metrics.video import temporal_consistency
+
+KID_SUBSETS, KID_SUBSET_SIZE, PR_K = 50, 1000, 3
+MAX_REF_FRAMES = 5000
+
+
+class EvalError(RuntimeError):
+    """A run directory that cannot be evaluated; the message names the file."""
+
+
+def _read_json(path: Path, required: bool) -> dict:
+    if not path.is_file():
+        if required:
+            raise EvalError(f"'{path}' not found")
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EvalError(f"'{path}' is not valid JSON ({e})") from e
+
+
+def load_samples(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 samples (N, H, W, C) or (N, F, H, W, C) and int64 labels (N,) of a run."""
+    path = run / "samples.npz"
+    if not path.is_file():
+        raise EvalError(f"'{path}' not found. Fix: run the sample stage for this run first")
+    with np.load(path) as z:
+        if "arr_0" not in z.files:
+            raise EvalError(f"'{path}' has no 'arr_0' array (keys: {z.files})")
+        x = z["arr_0"]
+        labels = z["labels"] if "labels" in z.files else None
+    if x.dtype != np.uint8 or x.ndim not in (4, 5):
+        raise EvalError(f"'{path}': arr_0 must be uint8 (N, H, W, C) or (N, F, H, W, C); got {x.dtype} {x.shape}")
+    if labels is not None and labels.shape != (len(x),):
+        raise EvalError(f"'{path}': labels must have shape ({len(x)},); got {labels.shape}")
+    return x, labels
+
+
+def video_reference(net, dataset: str, root: str = "data") -> dict | None:
+    """Stats of real video frames (all frames pooled) of `dataset`'s train split, or None if unavailable."""
+    try:
+        from common.data import info, load, to_uint8
+
+        if info(dataset).frames == 0:
+            raise ValueError(f"'{dataset}' is not a video dataset")
+        vids = load(dataset, "train", root=root).tensors[0]     # (N, F, C, H, W) float [-1, 1]
+    except Exception as e:  # noqa: BLE001 - fall back to the still-image reference, and say so
+        print(f"warning: real frames of '{dataset}' unavailable ({type(e).__name__}: {e}); "
+              f"per-frame FID uses the still-image reference", file=sys.stderr)
+        return None
+    frames = to_uint8(vids.flatten(0, 1)).movedim(1, -1).numpy()  # (N*F, H, W, C)
+    if len(frames) > MAX_REF_FRAMES:
+        frames = frames[np.random.default_rng(0).choice(len(frames), MAX_REF_FRAMES, replace=False)]
+    feats = net.extract(frames)
+    mu, sigma = feature_stats(feats)
+    return {"mu": mu, "sigma": sigma, "features": feats, "reference": f"{dataset}/train frames"}
+
+
+def evaluate_run(run: Path, net, ref: dict, featnet_id: str) -> dict:
+    """All metrics of one run dir, with their protocol, as a flat dict (also written to eval.json)."""
+    x, labels = load_samples(run)
+    meta = _read_json(run / "samples.json", required=False)
+    train = _read_json(run / "train.json", required=False)
+    dataset = train.get("dataset") or meta.get("dataset")
+    out = {}
+    if x.ndim == 5:                                             # video: metrics over pooled frames
+        n, f = x.shape[:2]
+        vref = video_reference(net, dataset) if dataset else None
+        ref = vref or ref
+        images = x.reshape(n * f, *x.shape[2:])                 # (N*F, H, W, C)
+        cond = None if labels is None else np.repeat(labels, f)
+    else:
+        n, f, images, cond = len(x), 0, x, labels
+    feats = net.extract(images)                                 # (M, d)
+    pred = net.classify(images)                                 # (M,)
+    out["fid"] = frechet_distance(ref["mu"], ref["sigma"], *feature_stats(feats))
+    out["kid"], out["kid_std"] = kid(ref["features"], feats, KID_SUBSETS, KID_SUBSET_SIZE)
+    out["precision"], out["recall"] = precision_recall(ref["features"], feats, k=PR_K)
+    out["class_consistency"] = None if cond is None else class_consistency(pred, cond)
+    if f:
+        out["frame_fid"] = out["fid"]
+        out["temporal_consistency"] = temporal_consistency(pred.reshape(n, f))
+        out["frames"] = int(f)
+    out.update({
+        "fid_features": FEATURE_SPACE,
+        "fid_samples": int(len(images)),
+        "num_samples": int(n),
+        "reference": str(ref.get("reference", "mnist5k/train")),
+        "reference_samples": int(len(ref["features"])),
+        "featnet": featnet_id,
+        "kid_subsets": KID_SUBSETS,
+        "kid_subset_size": int(min(KID_SUBSET_SIZE, len(images), len(ref["features"]))),
+        "pr_k": PR_K,
+        "sampler": meta.get("sampler"),
+        "sample_steps": meta.get("steps"),
+        "cfg_scale": meta.get("cfg_scale"),
+        "ema": meta.get("ema"),
+        "sample_seed": meta.get("seed"),
+        "sample_s_per_img": meta.get("sample_s_per_img"),
+        "dataset": dataset,
+        "preset": train.get("preset"),
+    })
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run directories holding samples.npz")
+    ap.add_argument("--featnet", default="data/featnet", help="directory with mnist-cnn.pt and ref_stats.npz")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 keeps the default)")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = []
+    try:
+        net, ref = load_featnet(args.featnet), load_ref_stats(args.featnet)
+        ref["reference"] = str(ref.get("reference", "mnist5k/train"))
+        ckpt = Path(args.featnet) / CKPT_NAME if Path(args.featnet).is_dir() else Path(args.featnet)
+        featnet_id = f"{FEATURE_SPACE}@{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]}"
+        for run in map(Path, args.runs):
+            res = evaluate_run(run, net, ref, featnet_id)
+            (run / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+            print(f"{run}: FID {res['fid']:.3f} ({res['fid_features']}, n={res['fid_samples']}) "
+                  f"KID {res['kid']:.4f} P {res['precision']:.3f} R {res['recall']:.3f} "
+                  f"class-consistency {res['class_consistency']}")
+            results.append(res)
+    except (EvalError, FeatNetError, MetricsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

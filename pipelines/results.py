@@ -1,0 +1,175 @@
+"""Stage: aggregate a paper's per-run evaluations into `papers/<p>/results/metrics.json`.
+
+    python -m pipelines.results <paper> --runs runs/<paper> --out papers/<paper>/results/metrics.json
+
+Reads every `<runs>/<variant>/s<seed>/eval.json` (+ train.json) and writes one row per variant: metrics
+averaged over seeds, `fid_std` = std over seeds (ddof=1; null with one seed), the seed list, and the
+protocol (which must agree across seeds). Copies `<variant>_grid.png` from the first seed's grid.png
+beside the output, takes TITLE / ARXIV from `papers.<paper>` and calls its `claims(rows, extra)` when
+defined (extra = {"bench": papers/<p>/results/bench.json or None}). The result is schema-validated.
+Paths written are relative to the current directory (the repo root under DVC).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.metrics.schema import validate_metrics
+
+# averaged over seeds (eval.json first, then train.json)
+MEAN_KEYS = ("fid", "kid", "precision", "recall", "class_consistency", "frame_fid", "temporal_consistency",
+             "sample_s_per_img", "train_img_per_s", "train_seconds")
+# must agree across seeds; taken from the first seed
+PROTOCOL_KEYS = ("fid_features", "fid_samples", "sampler", "sample_steps", "cfg_scale", "ema", "reference")
+TRAIN_KEYS = ("params", "gflops", "train_steps")
+
+
+class ResultsError(RuntimeError):
+    """Missing or inconsistent run results; the message names the run or key."""
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"'{path}' is not valid JSON ({e})") from e
+
+
+def _rel(p: Path) -> str:
+    """A path relative to the current directory, with forward slashes (as metrics.json wants)."""
+    return Path(os.path.relpath(Path(p).resolve(), Path.cwd().resolve())).as_posix()
+
+
+def collect_runs(runs_dir: Path) -> dict[str, list[tuple[int, dict, dict, Path]]]:
+    """{variant: [(seed, eval, train, run_dir), ...]} for every `<variant>/s<seed>/eval.json`, seeds sorted."""
+    found: dict[str, list] = {}
+    for ev in sorted(runs_dir.glob("*/s*/eval.json")):
+        m = re.fullmatch(r"s(\d+)", ev.parent.name)
+        if not m:
+            continue
+        run = ev.parent
+        found.setdefault(run.parent.name, []).append((int(m.group(1)), _load(ev), _load(run / "train.json"), run))
+    for v in found.values():
+        v.sort(key=lambda t: t[0])
+    return found
+
+
+def _num(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+
+
+def aggregate_variant(variant: str, seeds: list[tuple[int, dict, dict, Path]]) -> dict:
+    """One metrics.json row from the seeds of one variant."""
+    row: dict = {"variant": variant}
+    merged = [{**tr, **ev} for _, ev, tr, _ in seeds]            # eval.json wins over train.json
+    for k in PROTOCOL_KEYS:
+        vals = [m.get(k) for m in merged]
+        if len({json.dumps(v) for v in vals}) > 1:
+            runs = ", ".join(str(s[3]) for s in seeds)
+            raise ResultsError(f"variant '{variant}': protocol key '{k}' differs across seeds ({vals}) in {runs}")
+        row[k] = vals[0]
+    for k in MEAN_KEYS:
+        vals = [_num(m.get(k)) for m in merged]
+        if any(v is not None for v in vals):
+            if any(v is None for v in vals):
+                raise ResultsError(f"variant '{variant}': '{k}' is missing in some seeds")
+            row[k] = float(np.mean(vals))
+    fids = [m["fid"] for m in merged if _num(m.get("fid")) is not None]
+    if len(fids) != len(merged):
+        missing = [str(s[3]) for s, m in zip(seeds, merged) if _num(m.get("fid")) is None]
+        raise ResultsError(f"variant '{variant}': no finite 'fid' in eval.json of {', '.join(missing)}")
+    row["fid_std"] = float(np.std(fids, ddof=1)) if len(fids) > 1 else None
+    kids = [m.get("kid") for m in merged if _num(m.get("kid")) is not None]
+    row["kid_std"] = float(np.std(kids, ddof=1)) if len(kids) > 1 else None
+    for k in TRAIN_KEYS:
+        row[k] = merged[0].get(k)
+    row["seeds"] = [s[0] for s in seeds]
+    row["dataset"] = merged[0].get("dataset")
+    row["preset"] = merged[0].get("preset")
+    return row
+
+
+def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = None) -> dict:
+    runs = collect_runs(runs_dir)
+    if not runs:
+        raise ResultsError(f"no '<variant>/s<seed>/eval.json' under '{runs_dir}'. Fix: run the evaluate stage")
+    out_dir = out.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for variant, seeds in runs.items():
+        row = aggregate_variant(variant, seeds)
+        grid = seeds[0][3] / "grid.png"
+        if grid.is_file():
+            thumb = out_dir / f"{variant}_grid.png"
+            shutil.copyfile(grid, thumb)
+            row["thumbnail"] = _rel(thumb)
+        rows.append(row)
+    for k in ("dataset", "preset"):
+        vals = {r[k] for r in rows}
+        if len(vals) > 1:
+            raise ResultsError(f"paper '{paper}': variants disagree on '{k}' ({sorted(map(str, vals))})")
+    dataset, preset = rows[0].pop("dataset"), rows[0].pop("preset")
+    for r in rows[1:]:
+        r.pop("dataset"), r.pop("preset")
+
+    try:
+        mod = importlib.import_module(f"papers.{paper}")
+    except ImportError as e:
+        raise ResultsError(f"paper package 'papers.{paper}' cannot be imported ({e})") from e
+    for attr in ("TITLE", "ARXIV"):
+        if not isinstance(getattr(mod, attr, None), str):
+            raise ResultsError(f"papers.{paper} must define {attr} as a string")
+    bench_path = out_dir / "bench.json"
+    extra = {"bench": _load(bench_path) or None}
+    claims = mod.claims(rows, extra) if callable(getattr(mod, "claims", None)) else []
+
+    nb_dir = out_dir / "notebooks"
+    names = notebooks if notebooks is not None else sorted(p.stem for p in nb_dir.glob("*.html"))
+    doc = {
+        "paper": paper, "title": mod.TITLE, "arxiv": mod.ARXIV, "preset": preset or "unknown",
+        "dataset": dataset or "unknown", "toy_scale": preset != "paper",
+        "rows": rows, "claims": list(claims or []),
+        "notebooks": {n: _rel(nb_dir / f"{n}.html") for n in names},
+    }
+    problems = validate_metrics(doc)
+    if problems:
+        raise ResultsError(f"'{out}' would not validate: " + "; ".join(problems))
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paper")
+    ap.add_argument("--runs", help="runs directory (default runs/<paper>)")
+    ap.add_argument("--out", help="output file (default papers/<paper>/results/metrics.json)")
+    ap.add_argument("--notebooks", nargs="*", default=None,
+                    help="notebook names to link (<out dir>/notebooks/<name>.html); default: the existing ones")
+    args = ap.parse_args(argv)
+    runs = Path(args.runs or f"runs/{args.paper}")
+    out = Path(args.out or f"papers/{args.paper}/results/metrics.json")
+    try:
+        doc = build(args.paper, runs, out, args.notebooks)
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for r in doc["rows"]:
+        std = "" if r["fid_std"] is None else f" +- {r['fid_std']:.3f}"
+        print(f"{args.paper}/{r['variant']}: FID {r['fid']:.3f}{std} ({r['fid_features']}, n={r['fid_samples']}, "
+              f"seeds {r['seeds']})")
+    print(f"wrote {out} ({len(doc['rows'])} rows, {len(doc['claims'])} claims)")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Figure notebooks run through pipelines.report on fake runs: parameters injected, no error cells, figures."""
+import json
+
+import nbformat
+import numpy as np
+import pytest
+
+from pipelines import report
+
+
+def fake_runs(root):
+    """runs/toy/{a,b}/s{0,1} with samples + loss.tsv, a video run, metrics.json and a bench JSON."""
+    rng = np.random.default_rng(0)
+    for v in ("a", "b"):
+        for s in (0, 1):
+            d = root / "runs" / "toy" / v / f"s{s}"
+            (d / "dvclive" / "plots" / "metrics" / "train").mkdir(parents=True)
+            np.savez(d / "samples.npz", arr_0=rng.integers(0, 255, (9, 8, 8, 1), dtype=np.uint8),
+                     labels=np.arange(9, dtype=np.int64))
+            (d / "samples.json").write_text(json.dumps({"sampler": "heun", "steps": 7, "cfg_scale": 1.5,
+                                                        "ema": True, "num_samples": 9, "seed": s}))
+            (d / "train.json").write_text(json.dumps({"dataset": "mnist5k", "preset": "tiny"}))
+            steps = np.arange(0, 200, 10)
+            lines = "".join(f"{t}\t{1.0 / (1 + t / 50) + 0.05 * rng.random():.4f}\n" for t in steps)
+            (d / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").write_text("step\tloss\n" + lines)
+    (root / "runs" / "toy" / "a" / "s0" / "dvclive" / "plots" / "metrics" / "eval").mkdir()
+    (root / "runs" / "toy" / "a" / "s0" / "dvclive" / "plots" / "metrics" / "eval" / "fid.tsv").write_text(
+        "step\tfid\n100\t50.0\n200\t30.0\n")
+    vid = root / "runs" / "vid" / "v" / "s0"
+    vid.mkdir(parents=True)
+    np.savez(vid / "samples.npz", arr_0=rng.integers(0, 255, (3, 5, 8, 8, 1), dtype=np.uint8),
+             labels=np.arange(3, dtype=np.int64))
+    res = root / "papers" / "toy" / "results"
+    res.mkdir(parents=True)
+    (res / "metrics.json").write_text(json.dumps({
+        "paper": "toy", "title": "Toy", "arxiv": "0000.00000", "preset": "tiny", "dataset": "mnist5k",
+        "toy_scale": True,
+        "rows": [{"variant": "a", "fid": 10.0, "fid_std": 1.0, "fid_features": "mnist-cnn", "fid_samples": 9},
+                 {"variant": "b", "fid": 7.0, "fid_std": None, "fid_features": "mnist-cnn", "fid_samples": 9}],
+        "claims": [{"claim": "b beats a", "paper": "1 vs 2", "measured": "7 vs 10", "verdict": "reproduced"}]}))
+    (root / "bench.json").write_text(json.dumps(
+        [{"mixer": m, "N": n, "ms_fwd_bwd": n * k if n < 256 else None, "peak_mb": n * k / 10}  # as common.bench
+         for m, k in (("attention", 2.0), ("pom", 1.0)) for n in (16, 64, 256)]))
+
+
+def injected(nb):
+    """The injected-parameters cell's source."""
+    (cell,) = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    return cell.source
+
+
+def stdout(nb):
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.output_type == "stream")
+
+
+def errors(nb):
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Run all three notebooks once through the report CLI (as the DVC stage does)."""
+    root = tmp_path_factory.mktemp("repo")
+    fake_runs(root)
+    rc = report.main(["toy", "--root", str(root), "--notebooks", "samples", "curves", "metrics",
+                      "--param", "variants=[b, a]", "--param", "smooth=0.5", "--param", "bench_json=bench.json"])
+    assert rc == 0
+    return root
+
+
+@pytest.mark.parametrize("name", ["samples", "curves", "metrics"])
+def test_notebook_executes_with_injected_params(executed, name):
+    out = executed / "papers" / "toy" / "results" / "notebooks"
+    nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
+    assert errors(nb) == []
+    src = injected(nb)
+    assert 'paper = "toy"' in src and 'out_dir = "papers/toy/results"' in src
+    html = (out / f"{name}.html").read_text()
+    assert "data:image/png;base64" in html
+    text = stdout(nb)
+    if name == "samples":  # the variants parameter selects and orders the grids
+        assert 'variants = ["b", "a"]' in src and "variants shown: ['b', 'a']" in text
+        assert "runs/toy/b/s0" in text  # first seed
+    if name == "curves":
+        assert "smooth = 0.5" in src and "loss EMA smoothing 0.5" in text
+        assert "{'b': 2, 'a': 2}" in text  # all seeds of both variants, in the order asked for
+    if name == "metrics":
+        assert 'metrics = "papers/toy/results/metrics.json"' in src
+        assert 'bench_json = "bench.json"' in src and "scaling figure from bench.json: 6 records" in text
+
+
+def test_figures_written(executed):
+    figs = executed / "papers" / "toy" / "results" / "figures"
+    assert {p.name for p in figs.glob("*.png")} == {"samples.png", "curves.png", "metrics.png", "scaling.png"}
+
+
+def test_video_run_and_failing_notebook(tmp_path):
+    fake_runs(tmp_path)
+    html = report.run_notebook("samples", report.default_params("toy") | {"runs_dir": "runs/vid"},
+                               tmp_path / "nb", root=tmp_path)
+    assert (tmp_path / "papers" / "toy" / "results" / "figures" / "video_strips.png").exists()
+    assert html.exists()
+    with pytest.raises(report.ReportError, match="loss.tsv"):
+        report.run_notebook("curves", report.default_params("toy") | {"runs_dir": "runs/vid"},
+                            tmp_path / "nb", root=tmp_path)
+    assert errors(nbformat.read(tmp_path / "nb" / "curves.ipynb", as_version=4))  # error kept for the reader
+
+
+def test_parse_params():
+    assert report.parse_params(["a=1", "b=[x, y]", "c=", "d=path/to.json"]) == {
+        "a": 1, "b": ["x", "y"], "c": "", "d": "path/to.json"}
+    with pytest.raises(report.ReportError, match="'oops'"):
+        report.parse_params(["oops"])
