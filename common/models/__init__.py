@@ -24,19 +24,22 @@ TINY_SIZES = {  # CPU presets for 32x32x1 digits: (depth, hidden, heads)
 MNIST = dict(input_size=32, in_channels=1, num_classes=10, learn_sigma=True)
 
 
-def _make(depth, hidden_size, num_heads, patch_size, defaults, **kw):
-    args = dict(defaults, depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch_size)
-    args.update(kw)
-    return DiT(**args)
+def _make(defaults: dict, **kw) -> DiT:
+    return DiT(**{**defaults, **kw})
+
+
+def register_family(prefix: str, **extra) -> None:
+    """Register `<prefix>-<size>/<patch>` for the paper sizes (ImageNet-256 latents) and the tiny ones
+    (32x32x1 digits); `extra` are constructor arguments shared by the family (e.g. mixer="pom")."""
+    for sizes, data in ((PAPER_SIZES, IMAGENET_LATENT), (TINY_SIZES, MNIST)):
+        for size, (depth, hidden, heads) in sizes.items():
+            for p in (2, 4, 8):
+                spec = dict(data, depth=depth, hidden_size=hidden, num_heads=heads, patch_size=p, **extra)
+                MODELS[f"{prefix}-{size}/{p}"] = partial(_make, spec)
 
 
 MODELS: dict = {}
-for _size, (_d, _h, _n) in PAPER_SIZES.items():
-    for _p in (2, 4, 8):
-        MODELS[f"DiT-{_size}/{_p}"] = partial(_make, _d, _h, _n, _p, IMAGENET_LATENT)
-for _size, (_d, _h, _n) in TINY_SIZES.items():
-    for _p in (2, 4, 8):
-        MODELS[f"DiT-{_size}/{_p}"] = partial(_make, _d, _h, _n, _p, MNIST)
+register_family("DiT")
 
 
 def create_model(name: str, **overrides) -> DiT:
@@ -50,4 +53,4 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["DiT", "DiTBlock", "FinalLayer", "MODELS", "create_model", "count_params"]
+__all__ = ["DiT", "DiTBlock", "FinalLayer", "MODELS", "create_model", "count_params", "register_family"]

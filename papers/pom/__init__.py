@@ -15,9 +15,7 @@ order 2 beats order 1, higher orders add little).
 """
 from __future__ import annotations
 
-from functools import partial
-
-from common.models import IMAGENET_LATENT, MNIST, MODELS, PAPER_SIZES, TINY_SIZES, _make
+from common.models import register_family
 
 TITLE = "PoM: Efficient Image and Video Generation with the Polynomial Mixer"
 ARXIV = "2411.12663"
@@ -25,14 +23,7 @@ ARXIV = "2411.12663"
 POM_DEFAULTS = {"degree": 2, "expand": 2}
 
 # DiPoM: the DiT of the core with `pom` as its mixer, the rest of the block unchanged.
-for _size, (_d, _h, _n) in PAPER_SIZES.items():
-    for _p in (2, 4, 8):
-        MODELS[f"DiPoM-{_size}/{_p}"] = partial(_make, _d, _h, _n, _p, dict(IMAGENET_LATENT, mixer="pom",
-                                                                            mixer_kwargs=POM_DEFAULTS))
-for _size, (_d, _h, _n) in TINY_SIZES.items():
-    for _p in (2, 4, 8):
-        MODELS[f"DiPoM-{_size}/{_p}"] = partial(_make, _d, _h, _n, _p, dict(MNIST, mixer="pom",
-                                                                            mixer_kwargs=POM_DEFAULTS))
+register_family("DiPoM", mixer="pom", mixer_kwargs=POM_DEFAULTS)
 
 
 def _row(rows, variant):

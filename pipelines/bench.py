@@ -1,0 +1,130 @@
+"""Benchmarks, written as DVC metrics (`make bench`). Speed is measured here, never in tests.
+
+    python -m pipelines.bench core --out bench/core.json
+    python -m pipelines.bench pom --params papers/pom/params.yaml --out papers/pom/results/bench.json
+
+`core`: one training step of the tiny DiT (DDPM) and SiT (flow) presets (ms/step, img/s, batch 64, 64
+tokens) and feature extraction + FID for 2,000 samples in the `mnist-cnn` space.
+`pom`: forward+backward time, peak memory and achieved FLOP/s of one mixer layer, PoM vs SDPA
+attention, over sequence length N (D=256, batch 4); sequential video generation memory and time per
+frame vs the number of frames, PoM state vs attention KV cache. Derived numbers (log-log slopes,
+speedups, crossover N, memory ratios) are what `papers/pom` turns into claims.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def _machine() -> dict:
+    import os
+
+    return {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": platform.machine(), "device": "cpu"}
+
+
+def bench_train_step(model_name: str, objective: str, batch: int = 64, steps: int = 10, warmup: int = 3) -> dict:
+    from common.diffusion import create_objective
+    from common.models import count_params, create_model
+
+    torch.manual_seed(0)
+    model = create_model(model_name, learn_sigma=objective == "ddpm")
+    obj = create_objective(objective)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, model.in_channels, model.input_size, model.input_size)
+    y = torch.randint(0, model.num_classes, (batch,))
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        loss = obj.training_loss(model, x, y).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    ms = 1000 * sorted(times)[len(times) // 2]
+    return {"model": model_name, "objective": objective, "params": count_params(model), "batch": batch,
+            "ms_per_step": ms, "img_per_s": batch / ms * 1000}
+
+
+def core(out: Path) -> dict:
+    from common.metrics import bench_fid
+
+    res = {"machine": _machine(), "train_step": [bench_train_step("DiT-T/4", "ddpm"), bench_train_step("DiT-T/4", "flow")]}
+    for r in res["train_step"]:
+        print(f"train step {r['model']} {r['objective']}: {r['ms_per_step']:.0f} ms/step, {r['img_per_s']:.0f} img/s")
+    res["fid_2000"] = bench_fid(n=2000)
+    print(f"FID of 2,000 samples (features + statistics): {res['fid_2000']}")
+    return res
+
+
+def _nearest(rows, mixer, N):
+    return next((r for r in rows if r["mixer"] == mixer and r["N"] == N and r.get("ms_fwd_bwd")), None)
+
+
+def pom(out: Path, params: str | None) -> dict:
+    from common.bench import bench_mixers, loglog_slope, matmul_gflops_per_s
+    from common.config import load_params
+    from common.diffusion.video import bench_video
+
+    bp = (load_params(params).get("bench") if params else None) or {}
+    Ns = bp.get("tokens", [64, 256, 1024, 4096, 16384])
+    dim, batch = bp.get("dim", 256), bp.get("batch", 4)
+    threads = torch.get_num_threads()
+    rows = bench_mixers(Ns=Ns, dim=dim, batch=batch, heads=4, threads=threads,
+                        mixer_kwargs={"pom": {"degree": 2, "expand": 2}})
+    mm = matmul_gflops_per_s(threads=threads)
+
+    def slope(mixer):
+        pts = [(r["N"], r["ms_fwd_bwd"]) for r in rows if r["mixer"] == mixer and r.get("ms_fwd_bwd") and r["N"] >= 1024]
+        return loglog_slope(*zip(*pts)) if len(pts) >= 2 else None
+
+    def speedup(N):
+        p, a = _nearest(rows, "pom", N), _nearest(rows, "attention", N)
+        return a["ms_fwd_bwd"] / p["ms_fwd_bwd"] if p and a else None
+
+    cross = next((N for N in sorted(Ns) if (speedup(N) or 0) > 1.0), None)
+    big = max((r for r in rows if r["mixer"] == "pom" and r.get("gflops_per_s")), key=lambda r: r["N"], default=None)
+    scaling = {"rows": rows, "pom_slope": slope("pom"), "attention_slope": slope("attention"),
+               "speedup_4096": speedup(4096), "speedup_16384": speedup(16384), "crossover_n": cross,
+               "matmul_gflops_per_s": mm,
+               "pom_flops_efficiency": big["gflops_per_s"] / mm if big else None,
+               "protocol": {"dim": dim, "batch": batch, "heads": 4, "pom": {"degree": 2, "expand": 2},
+                            "pass": "forward+backward, fp32, CPU", "threads": threads}}
+    frames = bp.get("frames", [4, 8, 16, 32])
+    vrows = bench_video(frames=frames, model="DiT-M/4", batch=8, steps=4)
+
+    def ratio(mixer):
+        by = {r["frames"]: r["peak_mb"] for r in vrows if r["mixer"] == mixer}
+        lo, hi = min(by), max(by)
+        return by[hi] / max(by[lo], 1e-9), lo, hi
+
+    pr, lo, hi = ratio("pom")
+    ar, _, _ = ratio("attention")
+    video = {"rows": vrows, "pom_mem_ratio": pr, "attention_mem_ratio": ar, "frames_lo": lo, "frames_hi": hi,
+             "protocol": {"model": "DiT-M/4 (untrained), mask=block", "batch": 8, "steps": 4, "cfg_scale": 2.0,
+                          "memory": "peak RSS growth during generation, fresh process per point"}}
+    # top-level `rows` is the mixer scaling table the `metrics` notebook plots (its `scaling` figure)
+    return {"machine": _machine(), "rows": rows, "scaling": scaling, "video": video}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", choices=("core", "pom"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--params", default=None)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    res = core(out) if args.which == "core" else pom(out, args.params)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
