@@ -17,7 +17,7 @@ Register new mixers with `@register("name")`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
