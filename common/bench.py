@@ -6,7 +6,7 @@ What is measured, and how (so the numbers can be trusted):
   after one untimed warm-up run, with `torch.set_num_threads(threads)`.
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over the same forward + backward. It counts
   matrix products only (elementwise work is free). Its registry misses the CPU flash-attention op
-  that `F.scaled_dot_product_attention` dispatches to on CPU, so `flop_counter()` adds that op and
+  that `F.scaled_dot_product_attention` dispatches to on CPU, so `common.flops.count_flops` adds that op and
   its backward with torch's own SDPA formulas (otherwise attention would look linear).
 - peak memory: every (mixer, N) point runs in a FRESH Python subprocess. After the model and input
   exist, and after one tiny warm-up pass (8 tokens) that loads libraries and lazy buffers, it reads `resource.getrusage(RUSAGE_SELF).ru_maxrss`, runs the first forward + backward, and
@@ -35,33 +35,7 @@ import time
 
 import torch
 
-CPU_SDPA = "_scaled_dot_product_flash_attention_for_cpu"
-
-
-def flop_counter():
-    """A `FlopCounterMode` that also counts CPU flash attention (forward and backward)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-    def fwd(q, k, v, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(q, k, v)
-
-    def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
-        return sdpa_backward_flop_count(grad_out, q, k, v)
-
-    mapping = {}
-    aten = torch.ops.aten
-    if hasattr(aten, CPU_SDPA):
-        mapping[getattr(aten, CPU_SDPA)] = fwd
-    if hasattr(aten, CPU_SDPA + "_backward"):
-        mapping[getattr(aten, CPU_SDPA + "_backward")] = bwd
-    return FlopCounterMode(display=False, custom_mapping=mapping)
-
-
-def count_flops(fn) -> int:
-    """FLOPs (matrix products, incl. CPU SDPA) of one call of fn()."""
-    with flop_counter() as fc:
-        fn()
-    return fc.get_total_flops()
+from common.flops import count_flops  # counts CPU flash attention too (see common/flops.py)
 
 
 def time_ms(fn, reps: int = 5, warmup: int = 1) -> float:
@@ -174,5 +148,4 @@ def bench_mixers(Ns=(64, 256, 1024, 2048, 4096, 8192, 16384), dim: int = 256, ba
     return rows
 
 
-__all__ = ["bench_mixers", "measure_point", "matmul_gflops_per_s", "loglog_slope", "count_flops",
-           "flop_counter", "time_ms"]
+__all__ = ["bench_mixers", "measure_point", "matmul_gflops_per_s", "loglog_slope", "count_flops", "time_ms"]

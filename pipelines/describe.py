@@ -23,10 +23,10 @@ def main(argv=None):
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="constructor overrides, e.g. mixer=pom")
     args = ap.parse_args(argv)
-    model = create_model(args.model, **parse_set(args.sets))
+    with torch.device("meta"):  # shapes only: no memory or init time even for DiT-XL/2
+        model = create_model(args.model, **parse_set(args.sets))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    with torch.device("cpu"):
-        fl = model_flops(model)
+    fl = model_flops(model)
     print(json.dumps({"model": args.model, "params": count_params(model), "trainable_params": trainable,
                       "gflops": round(fl["gflops"], 4), "gmacs": round(fl["gmacs"], 4),
                       "tokens": model.pos_embed.shape[1], "mixers": sorted(set(model.mixers))}, indent=2))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from common.config import parse_set, resolve
+from common.diffusion import check_sampler
 from common.train import train
 
 from ._cli import friendly_errors, paper_params
@@ -34,7 +35,9 @@ def config_from_args(args):
     if args.seed is not None:
         sets.setdefault("train", {})["seed"] = args.seed
         sets.setdefault("sample", {})["seed"] = args.seed
-    return resolve(paper_params(args.paper, args.params), args.paper, args.variant, sets)
+    cfg = resolve(paper_params(args.paper, args.params), args.paper, args.variant, sets)
+    check_sampler(cfg.diffusion.objective, cfg.sample.sampler)  # fail before training, not after it
+    return cfg
 
 
 @friendly_errors

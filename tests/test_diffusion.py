@@ -12,12 +12,28 @@ import pytest
 import torch
 
 from common.config import RunConfig
-from common.diffusion import (SAMPLERS, CFGDenoiser, FlowMatching, GaussianDiffusion, check_sampler,
-                              create_objective, per_sample_noise)
+from common.diffusion import (
+    SAMPLERS,
+    CFGDenoiser,
+    FlowMatching,
+    GaussianDiffusion,
+    check_sampler,
+    create_objective,
+    per_sample_noise,
+)
 from common.models import create_model
 from common.sampling import generate
 
 MU, S, N = 0.2, 0.25, 2000
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def flow_velocity(x, t, y, **kw):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import mnist5k_split
+from common.metrics.featnet import _mnist5k as mnist5k_split  # cached loader
 from common.metrics import FeatNetConfig, save_featnet, train_featnet, validate_metrics, write_reference
 from common.metrics.schema import mean_std, verdict_lower_is_better
 from pipelines import evaluate, results
@@ -17,7 +17,7 @@ from pipelines import evaluate, results
 @pytest.fixture(scope="module")
 def featnet_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("featnet")
-    cfg = FeatNetConfig(channels=(8, 16, 32), feat_dim=32, max_steps=60, lr=5e-3)
+    cfg = FeatNetConfig(channels=(8, 16, 32), feat_dim=32, max_steps=80, batch_size=64, lr=1e-2)
     net, metrics = train_featnet(cfg, log=None, eval_train=False)
     assert metrics["heldout_accuracy"] > 0.5     # a few steps already learn digits
     save_featnet(net, out / "mnist-cnn.pt")
@@ -41,8 +41,9 @@ def _fake_run(run, images, labels, seed=0, meta=None, train=None):
 
 @pytest.fixture(scope="module")
 def heldout():
-    X, y = mnist5k_split("heldout")
-    return X[..., None], y                          # (500, 32, 32, 1) uint8
+    X, y = mnist5k_split("heldout")                 # sorted by class: shuffle once
+    idx = np.random.default_rng(0).permutation(len(y))
+    return X[idx, ..., None], y[idx]                # (500, 32, 32, 1) uint8
 
 
 def test_evaluate_real_digits_beat_noise(featnet_dir, heldout, tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import mnist5k_split
+from common.metrics.featnet import _mnist5k as mnist5k_split  # cached loader
 from common.metrics import (
     FeatNet,
     FeatNetConfig,
@@ -22,6 +22,7 @@ from common.metrics import (
     temporal_consistency,
     validate_metrics,
     verdict_comparable,
+    verdict_higher_is_better,
     verdict_lower_is_better,
 )
 from common.metrics.featnet import _random_shift
@@ -29,8 +30,9 @@ from common.metrics.featnet import _random_shift
 
 @pytest.fixture(scope="module")
 def digits():
-    X, y = mnist5k_split("heldout")                  # uint8 (500, 32, 32)
-    return X, y
+    X, y = mnist5k_split("heldout")                  # uint8 (500, 32, 32), sorted by class: shuffle
+    idx = np.random.default_rng(0).permutation(len(y))
+    return X[idx], y[idx]
 
 
 @pytest.fixture(scope="module")
@@ -189,5 +191,7 @@ def test_verdicts():
     assert verdict_lower_is_better(12.0, 0.5, 10.0, 0.5) == "not reproduced"
     assert verdict_lower_is_better(10.0, 1.0, 11.0, 1.0) == "inconclusive"
     assert verdict_lower_is_better(10.0, None, 20.0, None) == "inconclusive"    # one seed: no spread
+    assert verdict_higher_is_better(0.9, 0.01, 0.8, 0.01) == "reproduced"
+    assert verdict_higher_is_better(0.8, 0.01, 0.9, 0.01) == "not reproduced"
     assert verdict_comparable(10.5, 0.2, 10.0, 0.2, rel_tol=0.1) == "reproduced"
     assert verdict_comparable(20.0, 0.2, 10.0, 0.2, rel_tol=0.1) == "not reproduced"

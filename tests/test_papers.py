@@ -76,3 +76,21 @@ def test_claims_give_valid_verdicts(paper):
 
 def test_known_papers():
     assert {"dit", "pom"} <= set(known_papers())
+
+
+def test_paper_presets_use_paper_sizes():
+    """A variant's own model must not leak a tiny model into the `paper` preset."""
+    import papers.pom  # noqa: F401
+
+    for paper in ("dit", "pom"):
+        params = paper_params(paper)
+        for v in _variants(paper):
+            cfg = resolve(params, paper, v, {"preset": "paper"})
+            assert "-T/" not in cfg.model.name and "-M/" not in cfg.model.name, (paper, v, cfg.model.name)
+
+
+def test_mixer_pattern_tiles_the_depth():
+    m = create_model("DiT-M/8", mixer=["attention", "pom"])
+    assert m.mixers == ["attention", "pom"] * 3
+    with pytest.raises(ValueError, match="does not tile"):
+        create_model("DiT-M/8", mixer=["attention", "pom", "pom", "pom"])

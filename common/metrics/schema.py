@@ -118,8 +118,7 @@ def verdict_lower_is_better(a_mean: float, a_std: float | None, b_mean: float, b
 
 def verdict_higher_is_better(a_mean, a_std, b_mean, b_std, sigmas: float = 2.0) -> str:
     """Verdict on "A scores higher than B" (precision, accuracy, throughput); same 2-sigma rule."""
-    neg = (lambda v: -v if _is_number(v) else v)
-    return verdict_lower_is_better(neg(a_mean), a_std, neg(b_mean), b_std, sigmas)
+    return verdict_lower_is_better(b_mean, b_std, a_mean, a_std, sigmas)  # "A above B" == "B below A"
 
 
 def verdict_comparable(a_mean, a_std, b_mean, b_std, rel_tol: float = 0.1, sigmas: float = 2.0) -> str:

@@ -101,9 +101,10 @@ class DiT(nn.Module):
         n_tokens = self.grid**2 * max(frames, 1)
         # Fixed sin-cos embedding; a frozen Parameter so that it is saved and counted like the official DiT.
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, hidden_size), requires_grad=False)
-        mixers = mixer if isinstance(mixer, (list, tuple)) else [mixer] * depth
-        if len(mixers) != depth:
-            raise ValueError(f"got {len(mixers)} mixer names for {depth} blocks")
+        mixers = list(mixer) if isinstance(mixer, (list, tuple)) else [mixer]
+        if depth % len(mixers):  # a list is a pattern repeated over the blocks, e.g. [attention, pom]
+            raise ValueError(f"a pattern of {len(mixers)} mixer names does not tile {depth} blocks")
+        mixers = mixers * (depth // len(mixers))
         self.mixers = list(mixers)
         self.blocks = nn.ModuleList(
             [DiTBlock(hidden_size, num_heads, mlp_ratio, m, mixer_kwargs if m != "attention" else None) for m in mixers]

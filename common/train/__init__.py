@@ -59,7 +59,7 @@ def build_model(cfg: RunConfig, data_info=None):
         kw["mixer"] = cfg.model.mixer
     if cfg.model.mixer_kwargs:
         kw["mixer_kwargs"] = dict(cfg.model.mixer_kwargs)
-    if data_info is not None and cfg.preset != "paper":
+    if data_info is not None:  # the model must fit the dataset, whatever the preset
         kw.setdefault("in_channels", data_info.channels)
         kw.setdefault("input_size", data_info.size)
         kw.setdefault("num_classes", data_info.num_classes)
@@ -322,8 +322,8 @@ def _diff_keys(a: dict, b: dict, prefix: str = ""):
 
 def load_for_sampling(run_dir: str | Path, use_ema: bool = True):
     """(model in eval mode, RunConfig) from a run directory's latest checkpoint."""
-    from common.config import from_dict
     from common import data as data_mod
+    from common.config import from_dict
 
     path = Path(run_dir) / "ckpt" / "latest.pt"
     if not path.exists():
