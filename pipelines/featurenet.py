@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from common.data import mnist5k_split
 from common.metrics.featnet import (
     CKPT_NAME,
     FeatNetConfig,
-    _mnist5k,
     save_featnet,
     train_featnet,
     write_reference,
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     save_featnet(fnet, out / CKPT_NAME)
     ref = write_reference(fnet, out, split="train")
 
-    Xh, _ = _mnist5k("heldout")
+    Xh, _ = mnist5k_split("heldout")
     fh = fnet.extract(Xh)
     prec, rec = precision_recall(ref["features"], fh)
     metrics.update({

@@ -108,17 +108,20 @@ def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = N
         row = aggregate_variant(variant, seeds)
         grid = seeds[0][3] / "grid.png"
         if grid.is_file():
-            thumb = out_dir / f"{variant}_grid.png"
+            thumb = out_dir / "thumbs" / f"{variant}.png"
+            thumb.parent.mkdir(exist_ok=True)
             shutil.copyfile(grid, thumb)
             row["thumbnail"] = _rel(thumb)
         rows.append(row)
-    for k in ("dataset", "preset"):
-        vals = {r[k] for r in rows}
-        if len(vals) > 1:
-            raise ResultsError(f"paper '{paper}': variants disagree on '{k}' ({sorted(map(str, vals))})")
-    dataset, preset = rows[0].pop("dataset"), rows[0].pop("preset")
-    for r in rows[1:]:
-        r.pop("dataset"), r.pop("preset")
+    presets = {r["preset"] for r in rows}
+    if len(presets) > 1:
+        raise ResultsError(f"paper '{paper}': variants disagree on 'preset' ({sorted(map(str, presets))})")
+    # the paper's dataset is its first variant's; a variant on another dataset (e.g. video) keeps its own
+    dataset, preset = rows[0]["dataset"], rows[0]["preset"]
+    for r in rows:
+        r.pop("preset")
+        if r["dataset"] == dataset:
+            r.pop("dataset")
 
     try:
         mod = importlib.import_module(f"papers.{paper}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.metrics.featnet import _mnist5k as mnist5k_split  # cached loader
+from common.data import mnist5k_split
 from common.metrics import FeatNetConfig, save_featnet, train_featnet, validate_metrics, write_reference
 from common.metrics.schema import mean_std, verdict_lower_is_better
 from pipelines import evaluate, results
@@ -130,7 +130,7 @@ def test_results_aggregates_two_seeds(tmp_path, monkeypatch, heldout, fake_paper
     assert pom["kid"] == pytest.approx(0.015) and pom["seeds"] == [0, 1]
     assert pom["train_img_per_s"] == pytest.approx(50.5) and pom["params"] == 1000
     assert (pom["sampler"], pom["sample_steps"], pom["fid_features"]) == ("euler", 50, "mnist-cnn")
-    assert pom["thumbnail"] == "papers/fakepaper/results/pom_grid.png"
+    assert pom["thumbnail"] == "papers/fakepaper/results/thumbs/pom.png"
     assert (tmp_path / pom["thumbnail"]).is_file()
     assert (doc["title"], doc["arxiv"], doc["preset"], doc["dataset"]) == ("A Fake Paper", "2411.12663",
                                                                            "tiny", "mnist5k")

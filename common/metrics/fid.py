@@ -238,25 +238,26 @@ def bench_fid(n: int = 2000, featnet: str | Path = "data/featnet") -> dict:
     """
     import torch
 
+    from common.data import mnist5k_split
+
     from .featnet import (
         FeatNet,
         FeatNetConfig,
         FeatNetError,
         MnistCNN,
-        _mnist5k,
-        load_featnet,
+                load_featnet,
         load_ref_stats,
     )
 
-    X, _ = _mnist5k("all")
-    X = np.resize(X, (n, *X.shape[1:]))                      # (n, 32, 32) uint8, repeats if n > 5000
+    X, _ = mnist5k_split("all")                                   # sorted by class: draw a shuffled subset
+    X = X[np.resize(np.random.default_rng(0).permutation(len(X)), n)]  # (n, 32, 32) uint8, repeats if n > 5000
     try:
         net, ref, trained = load_featnet(featnet), load_ref_stats(featnet), True
     except FeatNetError:
         torch.manual_seed(0)
         cfg = FeatNetConfig()
         net, trained = FeatNet(MnistCNN(cfg.channels, cfg.feat_dim), cfg), False
-        ref_feats = net.extract(_mnist5k("train")[0])
+        ref_feats = net.extract(mnist5k_split("train")[0])
         ref = dict(zip(("mu", "sigma"), feature_stats(ref_feats)), features=ref_feats)
     t0 = time.perf_counter()
     feats = net.extract(X)                                   # (n, d)
