@@ -76,8 +76,8 @@ def pom(out: Path, params: str | None) -> dict:
     Ns = bp.get("tokens", [64, 256, 1024, 4096, 16384])
     dim, batch = bp.get("dim", 256), bp.get("batch", 4)
     threads = torch.get_num_threads()
-    rows = bench_mixers(Ns=Ns, dim=dim, batch=batch, heads=4, threads=threads,
-                        mixer_kwargs={"pom": {"degree": 2, "expand": 2}})
+    rows = bench_mixers(Ns=Ns, dim=dim, batch=batch, heads=4, threads=threads, reps=3,
+                        max_seconds=bp.get("max_seconds", 150.0), mixer_kwargs={"pom": {"degree": 2, "expand": 2}})
     mm = matmul_gflops_per_s(threads=threads)
 
     def slope(mixer):

@@ -112,3 +112,25 @@ def test_parse_params():
         "a": 1, "b": ["x", "y"], "c": "", "d": "path/to.json"}
     with pytest.raises(report.ReportError, match="'oops'"):
         report.parse_params(["oops"])
+
+
+def test_scaling_notebook_reads_the_pom_bench(tmp_path):
+    """The `scaling` figure from a benchmark JSON in the layout `pipelines.bench pom` writes."""
+    mix = [{"mixer": m, "N": n, "ms_fwd_bwd": (n if m == "pom" else n * n / 256) / 10, "peak_mb": n / 100,
+            "gflop": 1.0, "gflops_per_s": 10.0} for m in ("pom", "attention") for n in (256, 1024, 4096)]
+    mix.append({"mixer": "attention", "N": 16384, "ms_fwd_bwd": None, "peak_mb": None, "skipped": "too slow"})
+    vid = [{"mixer": m, "frames": f, "peak_mb": 5.0 + (f if m == "attention" else 0), "work_mb": 5.0,
+            "s_per_frame": 0.1} for m in ("pom", "attention") for f in (4, 8)]
+    bench = {"machine": {"threads": 2}, "rows": mix,
+             "scaling": {"rows": mix, "pom_slope": 1.0, "attention_slope": 2.0, "speedup_4096": 16.0,
+                         "speedup_16384": None, "crossover_n": 512, "pom_flops_efficiency": 0.7,
+                         "protocol": {"dim": 256, "batch": 4, "heads": 4, "pom": {"degree": 2, "expand": 2}}},
+             "video": {"rows": vid, "pom_mem_ratio": 1.0, "attention_mem_ratio": 2.2, "frames_lo": 4, "frames_hi": 8,
+                       "protocol": {"model": "DiT-M/4", "batch": 8, "steps": 4, "cfg_scale": 2.0}}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    report.run_notebook("scaling", report.default_params("toy") | {"bench": "bench.json"}, tmp_path / "nb",
+                        root=tmp_path)
+    nb = nbformat.read(tmp_path / "nb" / "scaling.ipynb", as_version=4)
+    assert errors(nb) == []
+    assert "bench read from bench.json: 6 mixer points, 4 video points" in stdout(nb)
+    assert (tmp_path / "papers" / "toy" / "results" / "figures" / "scaling.png").exists()
