@@ -63,7 +63,7 @@ def test_claims_give_valid_verdicts(paper):
     mod = importlib.import_module(f"papers.{paper}")
     assert mod.TITLE and mod.ARXIV and mod.__doc__
     rows = [{"variant": v, "fid": 10.0 + i, "fid_std": 0.1, "fid_features": "mnist-cnn", "fid_samples": 100,
-             "seeds": [0, 1, 2]} for i, v in enumerate(["dit-attention", "dipom", "dipom-k1", "dipom-k3", "sit", "dit", "sit-p4"])]
+             "seeds": [0, 1, 2]} for i, v in enumerate(["dit-attention", "dipom", "dipom-k1", "dipom-k3", "sit", "dit", "sit-p8"])]
     extra = {"bench": {"scaling": {"pom_slope": 1.0, "attention_slope": 1.9, "speedup_4096": 3.0, "crossover_n": 512},
                        "video": {"pom_mem_ratio": 1.0, "attention_mem_ratio": 3.0}}}
     claims = mod.claims(rows, extra)

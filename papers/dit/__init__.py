@@ -6,7 +6,7 @@
 
 Changes to the base DiT: none -- this *is* the base (`common.models`). Variants: `sit` (linear flow
 matching, velocity target, Euler ODE), `dit` (DDPM, epsilon + learned-range variance, hybrid loss,
-respaced ancestral sampling), `sit-p4` (patch 4 instead of 8: four times the tokens and GFLOPs, the same parameters).
+respaced ancestral sampling), `sit-p8` (patch 8 instead of 4: a quarter of the tokens and GFLOPs, the same parameters).
 Checks: SiT Table 1/2 (the flow objective beats DDPM at equal steps, same backbone) and DiT Table 4 /
 Fig. 6 (smaller patches, i.e. more GFLOPs, give lower FID).
 """
@@ -28,7 +28,7 @@ def claims(rows: list[dict], extra: dict) -> list[dict]:
     for a, b, claim, paper in (
         ("sit", "dit", "SiT's flow-matching objective beats DDPM (DiT) at equal training steps, same backbone",
          "FID-50K at 400K steps, no guidance: SiT-B/2 33.0 vs DiT-B/2 43.5; SiT-XL/2 17.2 vs DiT-XL/2 19.5"),
-        ("sit-p4", "sit", "smaller patches (more tokens, more GFLOPs) give lower FID at equal steps",
+        ("sit", "sit-p8", "smaller patches (more tokens, more GFLOPs) give lower FID at equal steps",
          "FID-50K at 400K steps: DiT-S/8 153.6 > S/4 100.4 > S/2 68.4 (0.36 / 1.41 / 6.06 GFLOPs)"),
     ):
         ra, rb = _row(rows, a), _row(rows, b)
