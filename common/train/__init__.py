@@ -259,7 +259,9 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
-        ema_update(ema, model, tc.ema_decay)
+        # EMA warm-up (as TF's ExponentialMovingAverage with num_updates): early on the average must not
+        # be dominated by the untrained initial weights, which matters for short CPU runs
+        ema_update(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
         step += 1
         last_loss = loss_val.item()
         n_seen += tc.batch_size
