@@ -99,6 +99,19 @@ def _declared(name: str) -> set[str]:
     return set(pm.inspect_notebook(str(src))) if src.exists() else set()
 
 
+def _relative_paths(ipynb: Path, root: Path) -> None:
+    """papermill records absolute input/output paths; keep them relative to the repo (no machine paths)."""
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            p = Path(meta[key])
+            meta[key] = str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p.name)
+    nbformat.write(nb, ipynb)
+
+
 def run_notebook(name: str, params: dict, out_dir: Path, root: Path = ROOT, timeout: int = 1200) -> Path:
     """Execute notebooks/<name>.ipynb (cwd `root`) into out_dir/<name>.ipynb, export HTML; ReportError on failure."""
     import papermill as pm
@@ -117,6 +130,7 @@ def run_notebook(name: str, params: dict, out_dir: Path, root: Path = ROOT, time
                                 progress_bar=False, execution_timeout=timeout)
         except pm.PapermillExecutionError as e:
             error = e
+    _relative_paths(dst, root)
     html = export_html(dst)
     if error is not None:
         raise ReportError(f"notebook '{name}' failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
