@@ -33,7 +33,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro dvc.yaml:bench papers/pom/dvc.yaml:bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check common papers pipelines tests
+	$(BIN)/ruff check common papers pipelines tests notebooks
 
 clean:
 	rm -rf $(VENV)

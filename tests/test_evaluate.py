@@ -87,7 +87,8 @@ def test_evaluate_missing_samples_names_file(featnet_dir, tmp_path, capsys):
 def _eval(fid, kid=0.01, **kw):
     return {"fid": fid, "kid": kid, "precision": 0.8, "recall": 0.7, "class_consistency": 0.9,
             "fid_features": "mnist-cnn", "fid_samples": 200, "sampler": "euler", "sample_steps": 50,
-            "cfg_scale": 2.0, "ema": True, "sample_s_per_img": 0.01, "dataset": "mnist5k", "preset": "tiny", **kw}
+            "cfg_scale": 2.0, "ema": True, "sample_s_per_img": 0.01, "num_samples": 200, "dataset": "mnist5k",
+            "preset": "tiny", **kw}
 
 
 @pytest.fixture
@@ -138,6 +139,11 @@ def test_results_aggregates_two_seeds(tmp_path, monkeypatch, heldout, fake_paper
     assert doc["claims"][0]["verdict"] == "reproduced"
     assert fake_paper["extra"] == {"bench": {"pom": {"ms": 1.0}}}
     assert doc["notebooks"] == {"samples": "papers/fakepaper/results/notebooks/samples.html"}
+    assert pom["sample_seconds"] == pytest.approx(2.0)  # 0.01 s/img x 200 samples
+    readme = (out_dir / "README.md").read_text()  # the same numbers as Markdown, for GitHub readers
+    assert "| `pom` | mnist5k | 10.50 ± 0.71 (n=200) |" in readme
+    assert "PoM has lower FID than attention" in readme and "**reproduced**" in readme
+    assert "toy scale" in readme and "[samples](notebooks/samples.html)" in readme
 
 
 def test_results_rejects_protocol_mismatch(tmp_path, monkeypatch, heldout, fake_paper, capsys):

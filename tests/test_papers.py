@@ -74,6 +74,19 @@ def test_claims_give_valid_verdicts(paper):
         assert claims[0]["verdict"] == "reproduced"
 
 
+def test_dit_quality_gate_judges_the_longest_sit_run():
+    from papers.dit import claims
+
+    row = {"fid": 10.0, "fid_std": 0.1, "fid_features": "mnist-cnn", "fid_samples": 100}
+    short = {**row, "variant": "sit", "train_steps": 1500, "seeds": [0, 1, 2], "class_consistency": 0.57}
+    long = {**row, "variant": "sit-4k", "train_steps": 4000, "seeds": [0], "class_consistency": 0.9}
+    gate = claims([short], {})[-1]
+    assert gate["verdict"] == "not reproduced" and "0.57" in gate["measured"]
+    gate = claims([short, long], {})[-1]
+    assert gate["verdict"] == "reproduced" and "sit-4k (4000 steps, 1 seed): 0.90" in gate["measured"]
+    assert claims([], {})[-1]["verdict"] == "inconclusive"
+
+
 def test_known_papers():
     assert {"dit", "pom"} <= set(known_papers())
 
