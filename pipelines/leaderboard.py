@@ -126,7 +126,9 @@ def load_paper(pdir: Path, root: Path, out: Path) -> dict:
     meta = paper_meta(pdir / "__init__.py")
     entry = {"paper": pdir.name, "title": meta["title"] or pdir.name, "arxiv": meta["arxiv"],
              "status": "ok", "error": None, "rows": [], "claims": [], "notebooks": {},
-             "readme": _href(pdir / "README.md", out) if (pdir / "README.md").exists() else None}
+             "readme": _href(pdir / "README.md", out) if (pdir / "README.md").exists() else None,
+             "results_md": (_href(pdir / "results" / "README.md", out)
+                            if (pdir / "results" / "README.md").exists() else None)}
     path = pdir / "results" / "metrics.json"
     rel = _rel(path, root)
     if not path.exists():
@@ -271,6 +273,8 @@ def render_paper(p: dict) -> str:
         links.append(f'<a href="https://arxiv.org/abs/{E(p["arxiv"])}">arXiv:{E(p["arxiv"])}</a>')
     if p.get("readme"):
         links.append(f'<a href="{E(p["readme"])}">README.md</a>')
+    if p.get("results_md"):
+        links.append(f'<a href="{E(p["results_md"])}">results tables (incl. CPU time)</a>')
     for name, nb in p.get("notebooks", {}).items():
         links.append(f'<a href="{E(nb["href"])}">{E(name)} notebook</a>' if nb["exists"]
                      else f'<span class="missing" title="{E(nb["href"])} not found">{E(name)} notebook (missing)</span>')

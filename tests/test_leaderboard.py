@@ -23,6 +23,8 @@ def repo(tmp_path):
     (good / "__init__.py").write_text('"""Good Paper: a title line.\n\nDetails."""\nimport torch\n'
                                       'TITLE = "Good Paper"\nARXIV = "2411.12663"\n')
     (good / "README.md").write_text("# good\n")
+    (good / "results").mkdir(exist_ok=True)
+    (good / "results" / "README.md").write_text("# good: results\n")
     from PIL import Image
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(good / "results" / "a_grid.png")
     (good / "results" / "notebooks" / "samples.html").write_text("<html></html>")
@@ -53,6 +55,7 @@ def test_data_json_rows_and_meta(repo):
     assert status == {"bad": "error", "good": "ok", "todo": "pending"}
     good = next(p for p in data["papers"] if p["paper"] == "good")
     assert good["arxiv"] == "2411.12663" and good["readme"] == "../papers/good/README.md"
+    assert good["results_md"] == "../papers/good/results/README.md"
     assert good["notebooks"]["samples"] == {"href": "../papers/good/results/notebooks/samples.html", "exists": True}
     assert good["notebooks"]["curves"]["exists"] is False
     assert data["generated_at"]
