@@ -108,7 +108,7 @@ def _relative_paths(ipynb: Path, root: Path) -> None:
     for key in ("input_path", "output_path"):
         if meta.get(key):
             p = Path(meta[key])
-            meta[key] = str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p.name)
+            meta[key] = str(p.relative_to(root) if p.is_relative_to(root) else p.name)
     nbformat.write(nb, ipynb)
 
 

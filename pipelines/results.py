@@ -155,7 +155,7 @@ def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = N
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(out)
-    (out_dir / "README.md").write_text(summary_markdown(doc, out_dir))
+    (out_dir / "README.md").write_text(summary_markdown(doc))
     return doc
 
 
@@ -167,7 +167,7 @@ def _fmt(v, digits: int = 2) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def summary_markdown(doc: dict, out_dir: Path) -> str:
+def summary_markdown(doc: dict) -> str:
     """metrics.json as Markdown tables (variants, CPU time, claims) for `<results>/README.md`."""
     scale = ("toy scale: FIDs are in the `{f}` feature space of a small classifier, never comparable with the "
              "papers' ImageNet FIDs" if doc.get("toy_scale") else "published configuration (`{f}` features)")

@@ -56,12 +56,13 @@ def _quality(rows: list[dict]) -> dict:
     sits = [r for r in rows if r.get("variant") in ("sit", "sit-4k") and r.get("class_consistency") is not None]
     if not sits:
         return {"claim": claim, "paper": paper, "measured": "missing variant sit", "verdict": "inconclusive"}
-    def n_seeds(r):
-        n = len(r.get("seeds") or [])
-        return f"{n} seed{'s' if n != 1 else ''}"
-
-    measured = "; ".join(f"{r['variant']} ({r.get('train_steps')} steps, {n_seeds(r)}): {r['class_consistency']:.2f}"
+    measured = "; ".join(f"{r['variant']} ({r.get('train_steps')} steps, {_n_seeds(r)}): {r['class_consistency']:.2f}"
                          for r in sits)
     best = max(sits, key=lambda r: (r.get("train_steps") or 0))
     ok = best["class_consistency"] >= QUALITY_GATE
     return {"claim": claim, "paper": paper, "measured": measured, "verdict": "reproduced" if ok else "not reproduced"}
+
+
+def _n_seeds(row: dict) -> str:
+    n = len(row.get("seeds") or [])
+    return f"{n} seed{'s' if n != 1 else ''}"
