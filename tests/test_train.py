@@ -278,3 +278,19 @@ def test_unknown_dataset(tmp_path, capsys):
 def test_batch_larger_than_dataset_is_refused(tmp_path, capsys):
     code = _run(tmp_path / "run", 2, "train.batch_size=100000")
     assert code not in (0, None) and "fewer than train.batch_size" in capsys.readouterr().err
+
+
+def test_resume_repairs_logs_cut_short_by_a_kill(tmp_path):
+    """A SIGKILL can land while DVCLive writes: a partial last row, an empty summary. Resume must cope."""
+    from common.train import _trim_dvclive
+
+    tsv = tmp_path / "plots" / "metrics" / "train" / "loss.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("timestamp\tstep\tloss\n1\t10\t0.5\n2\t20\t0.4\n3\t30\t0.3\n4\t4")
+    (tmp_path / "metrics.json").write_text("")
+    _trim_dvclive(tmp_path, 20)
+    assert tsv.read_text() == "timestamp\tstep\tloss\n1\t10\t0.5\n2\t20\t0.4\n"
+    assert not (tmp_path / "metrics.json").exists()
+    (tmp_path / "metrics.json").write_text('{"step": 20}')
+    _trim_dvclive(tmp_path, 20)  # a valid summary stays
+    assert (tmp_path / "metrics.json").exists()

@@ -138,13 +138,23 @@ class _Progress:
 
 
 def _trim_dvclive(live_dir: Path, step: int) -> None:
-    """Drop log rows past `step` (written after the last checkpoint of a killed run)."""
+    """Make a killed run's logs resumable: drop log rows past `step` (written after the last checkpoint)
+    and rows or files cut short by the kill (a partial last line, an empty or truncated summary)."""
     for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
         lines = tsv.read_text().splitlines()
         if not lines:
             continue
-        keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[1 if lines[0].startswith("timestamp") else 0]) <= step]
+        head = lines[0].split("\t")
+        col = head.index("step") if "step" in head else 0
+        keep = [lines[0]] + [ln for ln in lines[1:]
+                             if len(f := ln.split("\t")) == len(head) and f[col].isdigit() and int(f[col]) <= step]
         tsv.write_text("\n".join(keep) + "\n")
+    summary = live_dir / "metrics.json"
+    if summary.exists():
+        try:
+            json.loads(summary.read_text())
+        except ValueError:  # cut short by the kill: DVCLive rewrites it at the next logged step
+            summary.unlink()
 
 
 # ---- the loop ------------------------------------------------------------------------------------
