@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import functools
-from importlib import import_module
 import sys
+from importlib import import_module
 from pathlib import Path
 
 from common.config import ConfigError, load_params
