@@ -140,3 +140,14 @@ def mean_std(mean, std, digits: int = 2) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
+def find_row(rows: list[dict], variant: str) -> dict | None:
+    """The metrics.json row of `variant`, or None when it did not run."""
+    return next((r for r in rows if r.get("variant") == variant), None)
+
+
+def missing_claim(claim: str, paper: str, missing: list[str]) -> dict:
+    """A claim whose variants did not run: no verdict, and the missing variants named."""
+    return {"claim": claim, "paper": paper, "measured": f"missing variant {', '.join(missing)}",
+            "verdict": "inconclusive"}

@@ -32,21 +32,16 @@ PAIRS = (
 LENGTHS = (("-4k", "4,000 steps"), ("", "1,500 steps: early training"))
 
 
-def _row(rows, variant):
-    return next((r for r in rows if r.get("variant") == variant), None)
-
-
 def claims(rows: list[dict], extra: dict) -> list[dict]:
-    from common.metrics.schema import mean_std, verdict_lower_is_better
+    from common.metrics.schema import find_row, mean_std, missing_claim, verdict_lower_is_better
 
     out = []
     for a0, b0, claim0, paper in PAIRS:
         for suffix, when in LENGTHS:
             a, b, claim = a0 + suffix, b0 + suffix, f"{claim0} (judged at {when})"
-            ra, rb = _row(rows, a), _row(rows, b)
+            ra, rb = find_row(rows, a), find_row(rows, b)
             if ra is None or rb is None:
-                out.append({"claim": claim, "paper": paper, "measured": f"missing variant {a if ra is None else b}",
-                            "verdict": "inconclusive"})
+                out.append(missing_claim(claim, paper, [a if ra is None else b]))
                 continue
             fa, sa, fb, sb = ra.get("fid"), ra.get("fid_std"), rb.get("fid"), rb.get("fid_std")
             measured = (f"FID ({ra.get('fid_features')}, {ra.get('fid_samples')} samples, {_n_seeds(ra)}): "
@@ -59,12 +54,14 @@ def claims(rows: list[dict], extra: dict) -> list[dict]:
 
 def _quality(rows: list[dict]) -> dict:
     """Does the tiny reference draw the digits it is asked for? Judged on the longest-trained sit run."""
+    from common.metrics.schema import missing_claim
+
     claim = (f"repository check, not a paper claim: the tiny SiT reference reaches a class-consistency of at "
              f"least {QUALITY_GATE:.0%} (share of samples the mnist-cnn classifier labels as the asked class)")
     paper = "n/a (a gate for judging the claims above at toy scale)"
     sits = [r for r in rows if r.get("variant") in ("sit", "sit-4k") and r.get("class_consistency") is not None]
     if not sits:
-        return {"claim": claim, "paper": paper, "measured": "missing variant sit", "verdict": "inconclusive"}
+        return missing_claim(claim, paper, ["sit"])
     measured = "; ".join(f"{r['variant']} ({r.get('train_steps')} steps, {_n_seeds(r)}): {r['class_consistency']:.2f}"
                          for r in sits)
     best = max(sits, key=lambda r: (r.get("train_steps") or 0))

@@ -26,15 +26,17 @@ POM_DEFAULTS = {"degree": 2, "expand": 2}
 register_family("DiPoM", mixer="pom", mixer_kwargs=POM_DEFAULTS)
 
 
-def _row(rows, variant):
-    return next((r for r in rows if r.get("variant") == variant), None)
-
-
 def claims(rows: list[dict], extra: dict) -> list[dict]:
-    from common.metrics.schema import mean_std, verdict_comparable, verdict_lower_is_better
+    from common.metrics.schema import (
+        find_row,
+        mean_std,
+        missing_claim,
+        verdict_comparable,
+        verdict_lower_is_better,
+    )
 
     out = []
-    att, pom = _row(rows, "dit-attention"), _row(rows, "dipom")
+    att, pom = find_row(rows, "dit-attention"), find_row(rows, "dipom")
     claim = "PoM is a drop-in replacement for attention in a DiT with comparable sample quality"
     paper = ("DiPoM reaches FIDs comparable to attention DiTs at equal training on ImageNet-256 (paper Tables 1-2; "
              "their exact values were not available to this replication offline)")
@@ -81,13 +83,12 @@ def claims(rows: list[dict], extra: dict) -> list[dict]:
                                 f"({ps[hi]:.3f} MB), attention KV cache {att_ratio:.2f}x ({as_[hi]:.1f} MB){rss}",
                     "verdict": "reproduced" if ok else ("inconclusive" if state_ratio is None else "not reproduced")})
 
-    k1, k3 = _row(rows, "dipom-k1"), _row(rows, "dipom-k3")
+    k1, k3 = find_row(rows, "dipom-k1"), find_row(rows, "dipom-k3")
     degree_claim = "degree 2 beats degree 1; degree 3 adds little"
     degree_paper = "HoMM ablation (ImageNet classification): order 1: 43.6, order 2: 47.6, order 4: 46.1 top-1"
     if not (pom and k1 and k3):
         missing = [v for v, r in (("dipom", pom), ("dipom-k1", k1), ("dipom-k3", k3)) if r is None]
-        out.append({"claim": degree_claim, "paper": degree_paper, "measured": f"missing variant {', '.join(missing)}",
-                    "verdict": "inconclusive"})
+        out.append(missing_claim(degree_claim, degree_paper, missing))
     else:
         sd = pom.get("fid_std")  # single-seed ablations borrow the 3-seed spread of dipom
         v1 = verdict_lower_is_better(pom.get("fid"), sd, k1.get("fid"), sd)
@@ -99,7 +100,7 @@ def claims(rows: list[dict], extra: dict) -> list[dict]:
                                 f"k3 {mean_std(k3.get('fid'), None)} (single-seed ablations use k2's seed std)",
                     "verdict": verdict})
 
-    vp, va = _row(rows, "video-pom"), _row(rows, "video-attention")
+    vp, va = find_row(rows, "video-pom"), find_row(rows, "video-attention")
     video_claim = ("a block-causal PoM video model, sampled frame by frame, matches block-causal attention in "
                    "frame-FID (within 10% or 2 sigma)")
     video_paper = ("video DiTs with PoM in place of attention give high-quality samples with fewer resources, "
@@ -116,8 +117,7 @@ def claims(rows: list[dict], extra: dict) -> list[dict]:
                                    " (one seed each: no spread, so no verdict)"),
                     "verdict": verdict_comparable(fp, vp.get("fid_std"), fa, va.get("fid_std"), rel_tol=0.10)})
     elif vp or va:
-        out.append({"claim": video_claim, "paper": video_paper,
-                    "measured": f"missing variant {'video-attention' if vp else 'video-pom'}", "verdict": "inconclusive"})
+        out.append(missing_claim(video_claim, video_paper, ["video-attention" if vp else "video-pom"]))
     return out
 
 
