@@ -41,7 +41,7 @@ def bench_train_step(model_name: str, objective: str, batch: int = 64, steps: in
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        loss = obj.training_loss(model, x, y).mean()
+        loss = obj.training_losses(model, x, y)["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

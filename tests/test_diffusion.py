@@ -169,8 +169,8 @@ def test_ddpm_hybrid_loss_vb_trains_only_variance():
     x, t, noise = _fixed_draws()
     y = torch.zeros(len(x), dtype=torch.long)
     hybrid, mse_only = Split(), Split()
-    lh = GaussianDiffusion(learn_sigma=True).training_loss(hybrid, x, y, t=t, noise=noise)
-    lm = GaussianDiffusion(learn_sigma=False).training_loss(mse_only, x, y, t=t, noise=noise)
+    lh = GaussianDiffusion(learn_sigma=True).training_losses(hybrid, x, y, t=t, noise=noise)["loss"]
+    lm = GaussianDiffusion(learn_sigma=False).training_losses(mse_only, x, y, t=t, noise=noise)["loss"]
     assert lh.shape == (16,) and torch.isfinite(lh).all()
     assert (lh > lm).all()  # the VB term is added
     lh.mean().backward()
@@ -188,7 +188,7 @@ def test_ddpm_vb_zero_for_exact_eps_and_posterior_variance():
     def oracle(x_t, tt, yy, **kw):  # exact noise; v = -1 selects log beta~ (the true posterior variance)
         return torch.cat([noise, -torch.ones_like(noise)], 1)
 
-    loss = GaussianDiffusion(learn_sigma=True).training_loss(oracle, x, y, t=t, noise=noise)
+    loss = GaussianDiffusion(learn_sigma=True).training_losses(oracle, x, y, t=t, noise=noise)["loss"]
     assert loss.abs().max() < 1e-5
 
 
@@ -201,7 +201,7 @@ def test_flow_loss_zero_for_exact_velocity_and_ignores_sigma_half():
         assert torch.allclose(tt, t * 1000)  # the network sees t on the 0..1000 scale
         return torch.cat([noise - x, torch.full_like(x, 7.0)], 1)
 
-    assert FlowMatching().training_loss(oracle, x, y, t=t, noise=noise).abs().max() < 1e-10
+    assert FlowMatching().training_losses(oracle, x, y, t=t, noise=noise)["loss"].abs().max() < 1e-10
 
 
 def test_tiny_dit_losses_finite_and_backprop():
@@ -209,7 +209,7 @@ def test_tiny_dit_losses_finite_and_backprop():
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     y = torch.arange(4)
     for objective in (GaussianDiffusion(), FlowMatching()):
-        loss = objective.training_loss(model, x, y).mean()
+        loss = objective.training_losses(model, x, y)["loss"].mean()
         assert torch.isfinite(loss)
         model.zero_grad()
         loss.backward()

@@ -181,14 +181,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
     before = _snapshot(tmp_path)
     capsys.readouterr()
     calls = {"n": 0}
-    orig = FlowMatching.training_loss
+    orig = FlowMatching.training_losses
 
     def poisoned(self, *a, **kw):
-        loss = orig(self, *a, **kw)
+        terms = orig(self, *a, **kw)
         calls["n"] += 1
-        return loss * float("nan") if calls["n"] >= 2 else loss
+        return {k: v * float("nan") for k, v in terms.items()} if calls["n"] >= 2 else terms
 
-    monkeypatch.setattr(FlowMatching, "training_loss", poisoned)
+    monkeypatch.setattr(FlowMatching, "training_losses", poisoned)
     code = _run(tmp_path, 10)  # resumes at step 3, one good step, then NaN at step 4
     err = capsys.readouterr().err
     assert code not in (0, None)
@@ -201,8 +201,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
 
 
 def test_nan_loss_without_checkpoint_keeps_nothing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(FlowMatching, "training_loss", lambda self, model, x, *a, **kw: model(
-        x, torch.zeros(len(x)), torch.zeros(len(x), dtype=torch.long)).sum() * float("inf"))
+    monkeypatch.setattr(FlowMatching, "training_losses", lambda self, model, x, *a, **kw: {"loss": model(
+        x, torch.zeros(len(x)), torch.zeros(len(x), dtype=torch.long)).sum() * float("inf")})
     code = _run(tmp_path, 3)
     err = capsys.readouterr().err
     assert code not in (0, None) and "loss is " in err and "none yet" in err

@@ -104,14 +104,16 @@ class GaussianDiffusion:
         shape = x.shape[:2] if (per_frame and x.dim() == 5) else x.shape[:1]
         return torch.randint(0, self.num_timesteps, shape, generator=generator, device=x.device)
 
-    def training_loss(self, model, x, y, t=None, noise=None, per_frame_t: bool = False, **kw):
-        """Per-sample hybrid loss (B,): MSE(eps) + L_vb (bits/dim) on a stop-grad mean."""
+    def training_losses(self, model, x, y, t=None, noise=None, per_frame_t: bool = False, **kw) -> dict:
+        """Per-sample loss terms, each (B,) (ADM's `training_losses` shape): "mse" (eps), "vb" (L_vb in
+        bits/dim on a stop-grad mean; only with learned sigma) and "loss" = mse + vb."""
         t = self.sample_t(x, per_frame=per_frame_t) if t is None else t
         noise = torch.randn_like(x) if noise is None else noise
         x_t = self.q_sample(x, t, noise)
         out = model(x_t, t.float(), y, **kw)
         eps, v = self._split(out, x)
-        loss = (eps - noise).pow(2).flatten(1).mean(1)
+        terms = {"mse": (eps - noise).pow(2).flatten(1).mean(1)}
+        terms["loss"] = terms["mse"]
         if v is not None:
             s = self.base
             mean, log_var, _ = self.p_mean_variance(eps.detach(), v, x_t, t, s)
@@ -119,9 +121,9 @@ class GaussianDiffusion:
             kl = normal_kl(true_mean, true_log_var, mean, log_var) / math.log(2.0)
             nll = -discretized_gaussian_log_likelihood(x, mean, 0.5 * log_var) / math.log(2.0)
             tb = t.reshape(t.shape + (1,) * (x.dim() - t.dim())).expand_as(x)
-            vb = torch.where(tb == 0, nll, kl).flatten(1).mean(1)
-            loss = loss + vb
-        return loss
+            terms["vb"] = torch.where(tb == 0, nll, kl).flatten(1).mean(1)
+            terms["loss"] = terms["mse"] + terms["vb"]
+        return terms
 
     # ---- sampling -----------------------------------------------------------------------------
     def respaced(self, steps: int) -> tuple[_Schedule, np.ndarray]:

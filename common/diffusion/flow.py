@@ -29,14 +29,15 @@ class FlowMatching:
         shape = x.shape[:2] if (per_frame and x.dim() == 5) else x.shape[:1]
         return torch.rand(shape, generator=generator, device=x.device)
 
-    def training_loss(self, model, x, y, t=None, noise=None, per_frame_t: bool = False, **kw):
-        """Per-sample loss (B,)."""
+    def training_losses(self, model, x, y, t=None, noise=None, per_frame_t: bool = False, **kw) -> dict:
+        """Per-sample loss terms, each (B,): {"mse": velocity MSE, "loss": the total}."""
         t = self.sample_t(x, per_frame=per_frame_t) if t is None else t
         noise = torch.randn_like(x) if noise is None else noise
         tb = self._bcast(t, x)
         x_t = (1 - tb) * x + tb * noise
         v = self._velocity(model, x_t, t, y, **kw)
-        return (v - (noise - x)).pow(2).flatten(1).mean(1)
+        mse = (v - (noise - x)).pow(2).flatten(1).mean(1)
+        return {"mse": mse, "loss": mse}
 
     @torch.no_grad()
     def sample(self, model, noise, y, sampler: str = "euler", steps: int = 50, seeds=None, t_min: float = 0.0,

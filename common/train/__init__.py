@@ -254,7 +254,7 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
         for g in opt.param_groups:
             g["lr"] = lr
         with amp:
-            loss = objective.training_loss(ddp_model, x, y, t=t, noise=noise, force_drop_ids=drop).mean()
+            loss = objective.training_losses(ddp_model, x, y, t=t, noise=noise, force_drop_ids=drop)["loss"].mean()
         loss_val = loss.detach()
         if world > 1:
             dist.all_reduce(loss_val)
