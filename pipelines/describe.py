@@ -24,7 +24,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="constructor overrides, e.g. mixer=pom")
+                    help="constructor overrides, e.g. depth=2")
     args = ap.parse_args(argv)
     papers.load_all()
     with torch.device("meta"):  # shapes only: no memory or init time even for DiT-XL/2
