@@ -172,3 +172,16 @@ def test_mixer_pattern_tiles_the_depth():
     assert m.mixers == ["attention", "pom"] * 3
     with pytest.raises(ValueError, match="does not tile"):
         create_model("DiT-M/8", mixer=["attention", "pom", "pom", "pom"])
+
+
+def test_describe_resolves_paper_registered_models():
+    """A fresh process: `describe` loads every paper, so a paper's model name (DiPoM-T/4) resolves."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "pipelines.describe", "DiPoM-T/4"], cwd=ROOT, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["model"] == "DiPoM-T/4" and out["mixers"] == ["pom"] and out["tokens"] == 64
