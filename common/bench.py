@@ -1,4 +1,6 @@
-"""Timing, peak-memory and FLOP utilities, and `bench_mixers` (one mixer layer, forward + backward).
+"""Timing, peak-memory and FLOP utilities, `bench_mixers` (one mixer layer, forward + backward) and the
+core benchmark (`core`: a training step of the tiny presets, FID of 2,000 samples). A paper's own
+benchmark lives in `papers/<p>/bench.py` and builds on these.
 
 What is measured, and how (so the numbers can be trusted):
 
@@ -19,16 +21,17 @@ What is measured, and how (so the numbers can be trusted):
   machine with the same thread count): the fraction tells how close a mixer runs to the GEMM
   roofline.
 
-Attention points predicted (quadratic extrapolation from the previous point) to take more than
-`max_seconds` per forward + backward, or more than `max_gb` of memory, are skipped (returned with
-`skipped` set) instead of hanging the machine. Functions return data only; the CLI and the DVC
-stage that write files live in pipelines/.
+Points predicted (quadratic extrapolation from the previous point, for every mixer not declared
+`linear`) to take more than `max_seconds` per forward + backward, or more than `max_gb` of memory,
+are skipped (returned with `skipped` set) instead of hanging the machine. Functions return data only;
+the CLI and the DVC stage that write files live in pipelines/.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -67,7 +70,13 @@ def loglog_slope(xs, ys) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
-def _maxrss_mb() -> float:
+def machine() -> dict:
+    """What the numbers were measured on (written beside them)."""
+    return {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": platform.machine(), "device": "cpu"}
+
+
+def maxrss_mb() -> float:
     import resource
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux (bytes on macOS)
@@ -93,43 +102,49 @@ def measure_point(mixer: str, N: int, dim: int, batch: int, heads: int, reps: in
     # threads) on a tiny input first, so the baseline below excludes these one-off costs
     xs = torch.randn(batch, min(N, 8), dim, requires_grad=True)
     count_flops(lambda: m(xs).sum().backward())
-    base = _maxrss_mb()
+    base = maxrss_mb()
     flops = count_flops(fwd_bwd)  # first run: also the memory peak and the warm-up
-    peak = _maxrss_mb() - base
+    peak = maxrss_mb() - base
     ms = time_ms(fwd_bwd, reps, warmup=0)
     return {"mixer": mixer, "N": N, "dim": dim, "batch": batch, "heads": heads, "threads": threads,
             "ms_fwd_bwd": ms, "peak_mb": peak, "gflop": flops / 1e9,
             "gflops_per_s": flops / 1e9 / (ms * 1e-3)}
 
 
-def _run_point_subprocess(kwargs: dict, timeout: float) -> dict:
-    code = ("import json, sys; from common.bench import measure_point; "
-            "print(json.dumps(measure_point(**json.loads(sys.argv[1]))))")
+def run_in_subprocess(func: str, kwargs: dict, timeout: float, env: dict | None = None) -> dict:
+    """`module.function(**kwargs)` in a FRESH Python process (honest peak memory), its JSON result back.
+
+    The process runs at the repository root with it on PYTHONPATH; `env` adds environment variables."""
+    module, name = func.rsplit(".", 1)
+    code = (f"import json, sys; from {module} import {name}; "
+            f"print(json.dumps({name}(**json.loads(sys.argv[1]))))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
                          timeout=timeout, cwd=root, env=env)
     if out.returncode:
-        raise RuntimeError(f"benchmark point {kwargs} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"benchmark point {func}({kwargs}) failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_mixers(Ns=(64, 256, 1024, 2048, 4096, 8192, 16384), dim: int = 256, batch: int = 4, heads: int = 4,
-                 mixers=("pom", "attention"), reps: int = 3, threads: int = 2, mixer_kwargs=None,
+def bench_mixers(mixers, Ns=(64, 256, 1024, 2048, 4096, 8192, 16384), dim: int = 256, batch: int = 4,
+                 heads: int = 4, reps: int = 3, threads: int = 2, mixer_kwargs=None, linear=(),
                  max_seconds: float = 60.0, max_gb: float = 16.0, subprocess_per_point: bool = True,
                  log=print) -> list[dict]:
-    """Forward + backward cost of one mixer layer over sequence lengths Ns.
+    """Forward + backward cost of one layer of each mixer (registered names) over sequence lengths Ns.
 
     Returns one dict per (mixer, N): {mixer, N, ms_fwd_bwd, peak_mb, gflop, gflops_per_s, ...};
     skipped points carry `skipped` (the reason) and None values. `mixer_kwargs` maps a mixer name to
-    its constructor kwargs (e.g. {"pom": {"degree": 2, "expand": 2}})."""
+    its constructor kwargs (e.g. {"pom": {"degree": 2, "expand": 2}}). Mixers named in `linear` are
+    measured at every N; the others are extrapolated quadratically to skip points that would be too
+    slow or too big."""
     rows = []
     for name in mixers:
         prev = None
         for N in sorted(Ns):
             kw = dict(mixer=name, N=N, dim=dim, batch=batch, heads=heads, reps=reps, threads=threads,
                       mixer_kwargs=(mixer_kwargs or {}).get(name))
-            if prev is not None and name != "pom":  # extrapolate quadratically (conservative for linear mixers)
+            if prev is not None and name not in linear:  # quadratic extrapolation (conservative for linear mixers)
                 r = N / prev["N"]
                 est_s, est_gb = prev["ms_fwd_bwd"] * 1e-3 * r * r, max(prev["peak_mb"], 1.0) * r * r / 1024
                 if est_s > max_seconds or est_gb > max_gb:
@@ -140,7 +155,8 @@ def bench_mixers(Ns=(64, 256, 1024, 2048, 4096, 8192, 16384), dim: int = 256, ba
                     continue
                 kw["reps"] = max(1, min(reps, int(max_seconds / max(est_s, 1e-9))))
             timeout = 20 * max_seconds + 60
-            row = _run_point_subprocess(kw, timeout) if subprocess_per_point else measure_point(**kw)
+            row = (run_in_subprocess("common.bench.measure_point", kw, timeout) if subprocess_per_point
+                   else measure_point(**kw))
             rows.append(row)
             prev = row
             log(f"{name:>10} N={N:>6} {row['ms_fwd_bwd']:10.1f} ms {row['peak_mb']:9.1f} MB "
@@ -148,4 +164,44 @@ def bench_mixers(Ns=(64, 256, 1024, 2048, 4096, 8192, 16384), dim: int = 256, ba
     return rows
 
 
-__all__ = ["bench_mixers", "measure_point", "matmul_gflops_per_s", "loglog_slope", "count_flops", "time_ms"]
+def bench_train_step(model_name: str, objective: str, batch: int = 64, steps: int = 10, warmup: int = 3) -> dict:
+    """Median wall time of one training step (loss, backward, AdamW) of a registered model."""
+    from common.diffusion import create_objective
+    from common.models import count_params, create_model
+
+    torch.manual_seed(0)
+    model = create_model(model_name, learn_sigma=objective == "ddpm")
+    obj = create_objective(objective)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, model.in_channels, model.input_size, model.input_size)  # (B, C, H, W)
+    y = torch.randint(0, model.num_classes, (batch,))                             # (B,)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        loss = obj.training_losses(model, x, y)["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    ms = 1000 * sorted(times)[len(times) // 2]
+    return {"model": model_name, "objective": objective, "params": count_params(model), "batch": batch,
+            "ms_per_step": ms, "img_per_s": batch / ms * 1000}
+
+
+def core(log=print) -> dict:
+    """The core benchmark: one training step of the tiny DiT (DDPM) and SiT (flow) presets (batch 64, 64
+    tokens) and feature extraction + FID of 2,000 samples in the `mnist-cnn` space."""
+    from common.metrics import bench_fid
+
+    res = {"machine": machine(),
+           "train_step": [bench_train_step("DiT-T/4", "ddpm"), bench_train_step("DiT-T/4", "flow")]}
+    for r in res["train_step"]:
+        log(f"train step {r['model']} {r['objective']}: {r['ms_per_step']:.0f} ms/step, {r['img_per_s']:.0f} img/s")
+    res["fid_2000"] = bench_fid(n=2000)
+    log(f"FID of 2,000 samples (features + statistics): {res['fid_2000']}")
+    return res
+
+
+__all__ = ["bench_mixers", "bench_train_step", "core", "count_flops", "loglog_slope", "machine",
+           "matmul_gflops_per_s", "maxrss_mb", "measure_point", "run_in_subprocess", "time_ms"]

@@ -230,3 +230,9 @@ def resolve(params: dict, paper: str, variant: str, sets: dict | None = None) ->
 
 def from_dict(d: dict) -> RunConfig:
     return _build(RunConfig, d, "")
+
+
+def build_section(cls, data: dict, key: str):
+    """A params section outside the run config (e.g. a paper's `bench:`) validated into dataclass `cls`;
+    ConfigError names the dotted key (`bench.tokens`)."""
+    return _build(cls, data, key + ".")

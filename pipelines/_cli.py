@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import functools
 import sys
-from importlib import import_module
 from pathlib import Path
 
+import papers
 from common.config import ConfigError, load_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,15 +13,15 @@ PAPERS_DIR = ROOT / "papers"
 
 
 def known_papers() -> list[str]:
-    return sorted(p.name for p in PAPERS_DIR.iterdir() if (p / "params.yaml").is_file())
+    return papers.names()
 
 
 def paper_params(paper: str, params_path: str | None = None) -> dict:
+    papers.load_all()  # any paper may register models (e.g. DiPoM-*) that another paper's params name
     if params_path:
         return load_params(params_path)
     if paper not in known_papers():
         raise ConfigError(f"unknown paper '{paper}' (known: {', '.join(known_papers())})")
-    import_module(f"papers.{paper}")  # a paper may register its own models (e.g. DiPoM-*)
     return load_params(PAPERS_DIR / paper / "params.yaml")
 
 

@@ -1,6 +1,8 @@
 """Print parameter count and GFLOPs of a registered model config as JSON.
 
     python -m pipelines.describe DiT-XL/2 [--set mixer=pom ...]
+
+Every paper is imported first (`papers.load_all`), so models a paper registers resolve too.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 
 import torch
 
+import papers
 from common.config import parse_set
 from common.flops import model_flops
 from common.models import count_params, create_model
@@ -21,8 +24,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="constructor overrides, e.g. mixer=pom")
+                    help="constructor overrides, e.g. depth=2")
     args = ap.parse_args(argv)
+    papers.load_all()
     with torch.device("meta"):  # shapes only: no memory or init time even for DiT-XL/2
         model = create_model(args.model, **parse_set(args.sets))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -2,8 +2,9 @@
 
     python -m pipelines.report <paper> --notebooks samples curves metrics [--param key=value ...]
 
-For each name, `notebooks/<name>.ipynb` is executed (kernel `python3`, cwd = repo root) with these
-parameters injected, wherever the notebook declares them in its `parameters` cell:
+For each name, the paper's own `papers/<paper>/notebooks/<name>.ipynb`, else the shared
+`notebooks/<name>.ipynb`, is executed (kernel `python3`, cwd = repo root) with these parameters
+injected, wherever the notebook declares them in its `parameters` cell:
 
     paper    = <paper>
     runs_dir = runs/<paper>
@@ -16,7 +17,9 @@ figures the notebooks save. Executed notebooks are leaves: other stages depend o
 
 The `python3` kernel is pinned to the interpreter running this module: a kernel spec naming
 `sys.executable` is written to a temporary directory that is put first on JUPYTER_PATH for the
-duration of the run, so a user-level `python3` kernel elsewhere cannot shadow the venv.
+duration of the run, so a user-level `python3` kernel elsewhere cannot shadow the venv. The spec puts
+this repository first on the kernel's PYTHONPATH, so the notebooks' helpers (`common.report.notebooks`,
+a paper's own modules) are this repository's, whatever the working directory.
 """
 from __future__ import annotations
 
@@ -50,6 +53,9 @@ def pinned_kernel(name: str = KERNEL):
             "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": f"Python 3 ({Path(sys.prefix).name})",
             "language": "python",
+            # the notebooks import their helpers (common.report.notebooks, papers.<p>) from this repository
+            "env": {"PYTHONPATH": os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]]
+                                                                  if os.environ.get("PYTHONPATH") else []))},
         }))
         os.environ["JUPYTER_PATH"] = os.pathsep.join([tmp] + ([old] if old else []))
         try:
@@ -91,11 +97,17 @@ def export_html(ipynb: Path) -> Path:
     return html
 
 
-def _declared(name: str) -> set[str]:
-    """Parameter names in the `parameters` cell of notebooks/<name>.ipynb (empty if it is missing)."""
+def template(name: str, paper: str | None) -> Path:
+    """The notebook to run: the paper's own papers/<paper>/notebooks/<name>.ipynb, else notebooks/<name>.ipynb."""
+    own = ROOT / "papers" / str(paper) / "notebooks" / f"{name}.ipynb"
+    return own if paper and own.exists() else ROOT / "notebooks" / f"{name}.ipynb"
+
+
+def _declared(name: str, paper: str | None = None) -> set[str]:
+    """Parameter names in the `parameters` cell of the notebook `name` (empty if it is missing)."""
     import papermill as pm
 
-    src = ROOT / "notebooks" / f"{name}.ipynb"
+    src = template(name, paper)
     return set(pm.inspect_notebook(str(src))) if src.exists() else set()
 
 
@@ -113,12 +125,13 @@ def _relative_paths(ipynb: Path, root: Path) -> None:
 
 
 def run_notebook(name: str, params: dict, out_dir: Path, root: Path = ROOT, timeout: int = 1200) -> Path:
-    """Execute notebooks/<name>.ipynb (cwd `root`) into out_dir/<name>.ipynb, export HTML; ReportError on failure."""
+    """Execute the notebook `name` (`template`; cwd `root`) into out_dir/<name>.ipynb, export HTML;
+    ReportError on failure."""
     import papermill as pm
 
-    src = ROOT / "notebooks" / f"{name}.ipynb"
+    src = template(name, params.get("paper"))
     if not src.exists():
-        raise ReportError(f"notebook '{name}' not found: notebooks/{name}.ipynb")
+        raise ReportError(f"notebook '{name}' not found: {src.relative_to(ROOT)}")
     declared = pm.inspect_notebook(str(src))
     inject = {k: v for k, v in params.items() if k in declared}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +154,8 @@ def run_notebook(name: str, params: dict, out_dir: Path, root: Path = ROOT, time
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("paper")
-    ap.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS), help="notebook names in notebooks/")
+    ap.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS),
+                    help="notebook names (papers/<paper>/notebooks/ first, then notebooks/)")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="inject or override a parameter (YAML value); repeatable")
     ap.add_argument("--root", default=str(ROOT), help="working directory the notebooks run in (default: repo root)")
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root).resolve()
     out = Path(args.out) if args.out else root / "papers" / args.paper / "results" / "notebooks"
     failed = []
-    declared = set().union(*(_declared(n) for n in args.notebooks))
+    declared = set().union(*(_declared(n, args.paper) for n in args.notebooks))
     for key in sorted(set(parse_params(args.param)) - declared):
         print(f"[report] warning: --param {key} is declared by none of {args.notebooks}", file=sys.stderr)
     for name in args.notebooks:

@@ -1,11 +1,18 @@
-"""Leaderboard stage: data.json content, sortable cells, toy-scale labels, error rows, assets, links."""
+"""Leaderboard stage: data.json content, the template fill, assets, links; bad inputs stop the stage with
+one line naming the file and key, and nothing written. What a reader sees is checked in test_browser.py."""
+import hashlib
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipelines import leaderboard
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def row(variant, fid, **kw):
@@ -15,34 +22,38 @@ def row(variant, fid, **kw):
             "sample_steps": 50, "cfg_scale": 2.0, "ema": True, **kw}
 
 
+GOOD_TOP = {"paper": "x", "title": "X", "arxiv": "2411.12663", "preset": "tiny", "dataset": "mnist5k"}
+
+
 @pytest.fixture
 def repo(tmp_path):
-    """A repo root with papers/good (3 variants, a thumbnail, a notebook), papers/bad, papers/todo."""
+    """A repo root with papers/good (3 variants, a thumbnail, a notebook) and papers/todo (no results)."""
     good = tmp_path / "papers" / "good"
     (good / "results" / "notebooks").mkdir(parents=True)
     (good / "__init__.py").write_text('"""Good Paper: a title line.\n\nDetails."""\nimport torch\n'
                                       'TITLE = "Good Paper"\nARXIV = "2411.12663"\n')
     (good / "README.md").write_text("# good\n")
-    (good / "results").mkdir(exist_ok=True)
     (good / "results" / "README.md").write_text("# good: results\n")
     from PIL import Image
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(good / "results" / "a_grid.png")
     (good / "results" / "notebooks" / "samples.html").write_text("<html></html>")
     (good / "results" / "metrics.json").write_text(json.dumps({
-        "paper": "good", "title": "Good Paper", "arxiv": "2411.12663", "preset": "tiny", "dataset": "mnist5k",
-        "toy_scale": True,
+        "paper": "good", "title": "Good Paper </script>", "arxiv": "2411.12663", "preset": "tiny",
+        "dataset": "mnist5k", "toy_scale": True,
         "rows": [row("a", 12.0, thumbnail="papers/good/results/a_grid.png"), row("b", 3.5),
                  row("c", 30.0, fid_std=None, seeds=None, class_consistency=None)],
         "claims": [{"claim": "b beats a", "paper": "2.1 vs 2.3", "measured": "3.5 vs 12.0",
                     "verdict": "reproduced"}],
         "notebooks": {"samples": "papers/good/results/notebooks/samples.html",
                       "curves": "papers/good/results/notebooks/curves.html"}}))
-    bad = tmp_path / "papers" / "bad" / "results"
-    bad.mkdir(parents=True)
-    (bad / "metrics.json").write_text('{"paper": "bad", "rows": [')
     (tmp_path / "papers" / "todo").mkdir()
     (tmp_path / "papers" / "todo" / "__init__.py").write_text('"""Todo paper."""\n')
     return tmp_path
+
+
+def embedded(page: str) -> dict:
+    (text,) = re.findall(r'<script id="leaderboard-data" type="application/json">(.*?)</script>', page, re.S)
+    return json.loads(text)
 
 
 def test_data_json_rows_and_meta(repo):
@@ -51,78 +62,123 @@ def test_data_json_rows_and_meta(repo):
     data = json.loads((out / "data.json").read_text())
     assert [(r["paper"], r["variant"]) for r in data["rows"]] == [("good", "a"), ("good", "b"), ("good", "c")]
     assert all(r["dataset"] == "mnist5k" and r["toy_scale"] for r in data["rows"])
-    status = {p["paper"]: p["status"] for p in data["papers"]}
-    assert status == {"bad": "error", "good": "ok", "todo": "pending"}
-    good = next(p for p in data["papers"] if p["paper"] == "good")
+    assert {p["paper"]: p["status"] for p in data["papers"]} == {"good": "ok", "todo": "pending"}
+    good, todo = data["papers"]
     assert good["arxiv"] == "2411.12663" and good["readme"] == "../papers/good/README.md"
     assert good["results_md"] == "../papers/good/results/README.md"
     assert good["notebooks"]["samples"] == {"href": "../papers/good/results/notebooks/samples.html", "exists": True}
     assert good["notebooks"]["curves"]["exists"] is False
+    assert todo["title"] == "Todo paper." and todo["todo"] == "run: dvc repro papers/todo/dvc.yaml"
     assert data["generated_at"]
+
+
+def test_page_is_the_template_with_data_json_embedded(repo):
+    out = repo / "leaderboard"
+    data = leaderboard.build(repo / "papers", out)
+    page = (out / "index.html").read_text()
+    assert embedded(page) == json.loads((out / "data.json").read_text()) == json.loads(json.dumps(data))
+    assert "</script>" not in page.split('type="application/json">', 1)[1].split("</script>", 1)[0]
+    template = (ROOT / "common" / "report" / "leaderboard.html").read_text()
+    head, tail = template.split(leaderboard.PLACEHOLDER)
+    assert page.startswith(head) and page.endswith(tail)  # the stage only fills the placeholder
+    assert "http://" not in page and "https://" not in page.replace("https://arxiv.org/abs/", "")  # no CDN
+
+
+def test_template_is_package_data():
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    globs = read_configuration(ROOT / "pyproject.toml")["tool"]["setuptools"]["package-data"]["common.report"]
+    assert "leaderboard.html" in {p.name for g in globs for p in (ROOT / "common" / "report").glob(g)}
 
 
 def test_thumbnail_copied_into_assets(repo):
     out = repo / "leaderboard"
+    (out / "assets").mkdir(parents=True)
+    (out / "assets" / "stale.png").write_text("old")
     data = leaderboard.build(repo / "papers", out)
     thumb = data["rows"][0]["thumbnail"]
     assert thumb == "assets/good-a.png" and (out / thumb).is_file()
-    assert data["rows"][1]["thumbnail"] is None
-    assert f'src="{thumb}"' in (out / "index.html").read_text()
+    assert data["rows"][1].get("thumbnail") is None
+    assert sorted(p.name for p in (out / "assets").iterdir()) == ["good-a.png"]  # rewritten completely
 
 
-def test_html_sort_keys_toy_label_error_row(repo):
+def _tree(path: Path) -> dict:
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()} if path.exists() else {}
+
+
+@pytest.fixture
+def cli(capsys):
+    """The stage's main() in this process: (exit code, stdout, stderr)."""
+    def run(*args):
+        code = leaderboard.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def _bad(repo, text):
+    (repo / "papers" / "good" / "results" / "metrics.json").write_text(text)
+
+
+BAD = [
+    ('{"paper": "good", "rows": [', ["papers/good/results/metrics.json", "not valid JSON", "line 1"]),
+    (json.dumps([1, 2]), ["papers/good/results/metrics.json", "JSON object", "list"]),
+    (json.dumps({**GOOD_TOP, "rows": []}), ["papers/good/results/metrics.json", "'rows' is empty"]),
+    (json.dumps({**GOOD_TOP, "rows": [{"fid": 1.0, "fid_features": "f"}]}), ["rows[0]", "'variant'"]),
+    (json.dumps({**GOOD_TOP, "rows": [{"variant": "a", "fid": "oops", "fid_features": "f"}]}),
+     ["rows[0] (a)", "'fid'", "'oops'"]),
+    (json.dumps({**GOOD_TOP, "rows": [row("a", 1.0, thumbnail="papers/good/results/none.png")]}),
+     ["rows[0] (a)", "'thumbnail'", "none.png", "does not exist"]),
+]
+
+
+@pytest.mark.parametrize("text, words", BAD)
+def test_malformed_metrics_fail_the_stage(repo, cli, text, words):
     out = repo / "leaderboard"
-    leaderboard.build(repo / "papers", out)
-    page = (out / "index.html").read_text()
-    body = page.split('<tbody>', 1)[1].split('</tbody>', 1)[0]
-    rows = re.findall(r"<tr.*?</tr>", body)
-    assert len(rows) == 3
-    # FID is the 5th column; its sort key is the raw number, empty when missing
-    keys = [re.findall(r'data-sort="([^"]*)"', r) for r in rows]
-    assert [k[4] for k in keys] == ["12.0", "3.5", "30.0"]  # FID column: raw numbers
-    assert [k[5] for k in keys] == ["0.9", "0.9", ""]  # class-consistency: empty when missing
-    assert page.count("toy scale: mnist5k, not comparable to ImageNet FIDs") >= 3
-    err = page.split('<tbody class="errors">', 1)[1].split("</tbody>", 1)[0]
-    assert "papers/bad/results/metrics.json is not valid JSON" in err
-    assert 'class="verdict v-reproduced"' in page
-    assert "https://arxiv.org/abs/2411.12663" in page
-    assert "curves notebook (missing)" in page
-    assert "<script" in page and "http://" not in page.replace("https://arxiv.org", "")  # no CDN
+    leaderboard.build(repo / "papers", out)  # a good page exists; a bad input must leave it as it is
+    before = _tree(out)
+    _bad(repo, text)
+    code, stdout, stderr = cli("--papers", repo / "papers", "--out", out)
+    assert code == 2 and stdout == ""
+    (line,) = stderr.splitlines()
+    assert line.startswith("error: ") and all(w in line for w in words), line
+    assert _tree(out) == before
 
 
-GOOD_TOP = {"paper": "x", "title": "X", "arxiv": "2411.12663", "preset": "tiny", "dataset": "mnist5k"}
+@pytest.mark.parametrize("case", ["no papers dir", "out is a file", "out under a file"])
+def test_path_errors_are_one_line(repo, cli, case):
+    papers, out = repo / "papers", repo / "leaderboard"
+    if case == "no papers dir":
+        papers, word = repo / "nope", "--papers"
+    elif case == "out is a file":
+        out.write_text("not a dir")
+        word = "--out"
+    else:
+        (repo / "file").write_text("x")
+        out, word = repo / "file" / "lb", "--out"
+    before = _tree(repo)
+    code, _, stderr = cli("--papers", papers, "--out", out)
+    assert code == 2
+    (line,) = stderr.splitlines()
+    assert line.startswith("error: ") and word in line and str(out if word == "--out" else papers) in line, line
+    assert _tree(repo) == before
 
 
-@pytest.mark.parametrize("metrics, words", [
-    ({**GOOD_TOP, "rows": []}, ["rows", "empty"]),
-    ({**GOOD_TOP, "rows": [{"fid": 1.0, "fid_features": "f"}]}, ["rows[0]", "variant"]),
-    ({**GOOD_TOP, "rows": [{"variant": "a", "fid": "12", "fid_features": "f"}]}, ["rows[0]", "fid", "'12'"]),
-    ([1, 2], ["list"]),
-])
-def test_bad_metrics_give_named_error(tmp_path, metrics, words):
-    res = tmp_path / "papers" / "x" / "results"
-    res.mkdir(parents=True)
-    (res / "metrics.json").write_text(json.dumps(metrics))
-    data = leaderboard.build(tmp_path / "papers", tmp_path / "lb")
-    (entry,) = data["papers"]
-    assert entry["status"] == "error" and entry["rows"] == []
-    assert all(w in entry["error"] for w in words), entry["error"]
-    page = (tmp_path / "lb" / "index.html").read_text()
-    assert 'class="error"' in page and "papers/x/results/metrics.json" in page
-
-
-@pytest.mark.parametrize("metrics, words", [
-    ({"rows": []}, ["rows", "empty"]),
-    ({"rows": [{"variant": "a", "fid": "12"}]}, ["rows[0].fid", "'12'"]),
-    ({"rows": [{"variant": "a", "seeds": "0"}], "claims": {}}, ["seeds", "claims"]),
-])
-def test_fallback_checks(metrics, words):
-    problems = " ".join(leaderboard.basic_problems(metrics))
-    assert all(w in problems for w in words), problems
-    assert leaderboard.basic_problems({"rows": [{"variant": "a", "fid": 1.0, "seeds": [0]}]}) == []
+def test_cli_exit_codes(repo):
+    """The real command line: exit 0 on good papers, 2 and one stderr line on a malformed one."""
+    def run():
+        return subprocess.run([sys.executable, "-m", "pipelines.leaderboard", "--papers", "papers", "--out", "lb"],
+                              cwd=repo, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    res = run()
+    assert res.returncode == 0 and res.stderr == "" and "3 rows from 1 papers" in res.stdout
+    _bad(repo, "{")
+    res = run()
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "papers/good/results/metrics.json" in res.stderr
 
 
 def test_paper_meta_reads_without_import(tmp_path):
     init = tmp_path / "__init__.py"
     init.write_text('"""Polynomial Mixer for diffusion.\n\nMore."""\nimport not_a_module\nARXIV = "2411.12663"\n')
     assert leaderboard.paper_meta(init) == {"title": "Polynomial Mixer for diffusion.", "arxiv": "2411.12663"}
+    assert leaderboard.paper_meta(tmp_path / "missing.py") == {"title": None, "arxiv": None}

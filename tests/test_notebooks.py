@@ -1,11 +1,16 @@
-"""Figure notebooks run through pipelines.report on fake runs: parameters injected, no error cells, figures."""
+"""Figure notebooks run through pipelines.report on fake runs: parameters injected, no error cells, figures;
+templates hold calls only; the curves helper on per-checkpoint evaluations."""
+import ast
 import json
+from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
 
 from pipelines import report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_runs(root):
@@ -54,6 +59,10 @@ def stdout(nb):
                    if o.output_type == "stream")
 
 
+def images(nb):
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
 def errors(nb):
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
 
@@ -78,6 +87,7 @@ def test_notebook_executes_with_injected_params(executed, name):
     assert 'paper = "toy"' in src and 'out_dir = "papers/toy/results"' in src
     html = (out / f"{name}.html").read_text()
     assert "data:image/png;base64" in html
+    assert images(nb) == {"samples": 1, "curves": 1, "metrics": 2}[name]  # each figure shown once
     text = stdout(nb)
     if name == "samples":  # the variants parameter selects and orders the grids
         assert 'variants = ["b", "a"]' in src and "variants shown: ['b', 'a']" in text
@@ -128,9 +138,63 @@ def test_scaling_notebook_reads_the_pom_bench(tmp_path):
              "video": {"rows": vid, "pom_mem_ratio": 1.0, "attention_mem_ratio": 2.2, "frames_lo": 4, "frames_hi": 8,
                        "protocol": {"model": "DiT-M/4", "batch": 8, "steps": 4, "cfg_scale": 2.0}}}
     (tmp_path / "bench.json").write_text(json.dumps(bench))
-    report.run_notebook("scaling", report.default_params("toy") | {"bench": "bench.json"}, tmp_path / "nb",
+    assert report.template("scaling", "pom") == ROOT / "papers" / "pom" / "notebooks" / "scaling.ipynb"
+    report.run_notebook("scaling", report.default_params("pom") | {"bench": "bench.json"}, tmp_path / "nb",
                         root=tmp_path)
     nb = nbformat.read(tmp_path / "nb" / "scaling.ipynb", as_version=4)
     assert errors(nb) == []
     assert "bench read from bench.json: 6 mixer points, 4 video points" in stdout(nb)
-    assert (tmp_path / "papers" / "toy" / "results" / "figures" / "scaling.png").exists()
+    assert (tmp_path / "papers" / "pom" / "results" / "figures" / "scaling.png").exists()
+    with pytest.raises(report.ReportError, match="notebook 'scaling' not found: notebooks/scaling.ipynb"):
+        report.run_notebook("scaling", report.default_params("dit"), tmp_path / "nb", root=tmp_path)
+
+
+TEMPLATES = sorted([*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "papers").glob("*/notebooks/*.ipynb")])
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_templates_read_like_results(path):
+    """A template's cells hold parameters, a call and its figure or table: no helper code (it lives in
+    common/report/notebooks.py or the paper's module), no outputs (executed copies are generated)."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    for c in code:
+        assert not c.outputs and c.execution_count is None
+        tree = ast.parse(c.source)
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While,
+                                                               ast.If, ast.Lambda, ast.ListComp))], c.source
+        assert len(c.source.splitlines()) <= 8, c.source
+
+
+def _eval_steps(run, fids, ccs):
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "eval_steps.json").write_text(json.dumps({"checkpoints": [
+        {"step": st, "fid": f, "class_consistency": cc, "fid_features": "mnist-cnn"}
+        for st, f, cc in zip((500, 1000, 1500), fids, ccs)]}))
+
+
+def test_curves_plot_every_kept_checkpoint(tmp_path):
+    """With eval_steps.json: FID and class-consistency per kept checkpoint, one thin line per seed and
+    their mean; the runs root is a parameter."""
+    from common.report import notebooks as nb
+
+    fake_runs(tmp_path)
+    root = tmp_path / "runs" / "toy"
+    _eval_steps(root / "a" / "s0", (30.0, 20.0, 10.0), (0.2, 0.5, 0.9))
+    _eval_steps(root / "a" / "s1", (50.0, 40.0, 30.0), (0.4, 0.7, 0.7))
+    curves = nb.load_curves(root, ["a", "b"])
+    assert [len(r) for r in curves.checkpoints.values()] == [2]
+    fig = nb.curves_figure(curves, "toy", smooth=0.5)
+    loss, fid, cc = fig.axes
+    assert "per checkpoint" in fid.get_title() and "FID (mnist-cnn)" in fid.get_ylabel()
+    mean = fid.get_lines()[-1]
+    assert list(mean.get_xdata()) == [500, 1000, 1500] and list(mean.get_ydata()) == [40.0, 30.0, 20.0]
+    assert list(cc.get_lines()[-1].get_ydata()) == pytest.approx([0.3, 0.6, 0.8])
+    assert mean.get_label() == "a (mean of 2 seeds)"
+    (root / "a" / "s0" / "eval_steps.json").unlink()
+    (root / "a" / "s1" / "eval_steps.json").unlink()
+    fallback = nb.curves_figure(nb.load_curves(root, ["a", "b"]), "toy")  # today's: the dvclive fid.tsv
+    assert [ax.get_title().split(":")[0] for ax in fallback.axes] == ["Training loss", "FID vs training step"]
+    with pytest.raises(FileNotFoundError, match="loss.tsv or eval_steps.json"):
+        nb.load_curves(tmp_path / "runs" / "vid")

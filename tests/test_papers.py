@@ -1,19 +1,27 @@
-"""Paper modules: every variant and preset resolves and builds; claims produce valid verdicts."""
+"""Paper modules, discovered by the registry (`papers.names()`, never a list here): every variant and
+preset resolves and builds; claims produce valid verdicts; each DVC pipeline lists its runs once."""
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
+import papers
 from common.config import resolve
+from common.metrics.schema import VERDICTS, validate_metrics
 from common.models import create_model
 from pipelines._cli import known_papers, paper_params
 
-VERDICTS = {"reproduced", "not reproduced", "inconclusive"}
+ROOT = Path(__file__).resolve().parents[1]
+PAPERS = papers.names()
+WITH_REFERENCE = [p for p in PAPERS if "reference" in paper_params(p)]
 
 
 def _variants(paper):
     return list(paper_params(paper)["variants"])
 
 
-@pytest.mark.parametrize("paper", ["dit", "pom"])
+@pytest.mark.parametrize("paper", PAPERS)
 def test_every_variant_and_preset_builds_at_reduced_size(paper):
     from common import data
     from common.diffusion import check_sampler
@@ -36,21 +44,28 @@ def test_every_variant_and_preset_builds_at_reduced_size(paper):
             assert out.shape[-3:] == (model.out_channels, model.input_size, model.input_size)
 
 
-def test_pom_reference_shares_the_dit_recipe():
-    """dit-attention in papers/pom is papers/dit's `sit` run: the recipes must be the same."""
-    dit, pom = paper_params("dit"), paper_params("pom")
-    ref = pom["reference"]
-    a = resolve(dit, ref["paper"], ref["variant"])
-    b = resolve(pom, "pom", "dipom")
+@pytest.mark.parametrize("paper", WITH_REFERENCE)
+def test_reference_shares_the_recipe(paper):
+    """A paper that reuses another paper's run as its reference arm trains and samples with the same recipe
+    (its base sections, before any variant) and the same model size and patch."""
+    params = paper_params(paper)
+    ref = params["reference"]
+    a = resolve(paper_params(ref["paper"]), ref["paper"], ref["variant"])
+    b = resolve({**params, "variants": {"base": {}}}, paper, "base")
     assert a.train == b.train and a.sample == b.sample and a.diffusion == b.diffusion and a.data == b.data
-    assert create_model(a.model.name).mixers[0] == "attention"
-    assert create_model(b.model.name).mixers[0] == "pom"
     assert a.model.name.split("-")[1] == b.model.name.split("-")[1]  # same size and patch
-    assert dit["seeds"] == pom["seeds"]
+    assert paper_params(ref["paper"])["seeds"] == params["seeds"]
+
+
+def test_pom_reference_is_attention_and_dipom_is_pom():
+    params = paper_params("pom")
+    a = resolve(paper_params(params["reference"]["paper"]), "dit", params["reference"]["variant"])
+    assert create_model(a.model.name).mixers[0] == "attention"
+    assert create_model(resolve(params, "pom", "dipom").model.name).mixers[0] == "pom"
 
 
 def test_dipom_is_dit_with_pom_only():
-    import papers.pom  # noqa: F401  (registers DiPoM-*)
+    papers.load("pom")  # registers DiPoM-*
 
     dit, dipom = create_model("DiT-XL/2", depth=2), create_model("DiPoM-XL/2", depth=2)
     a = {k: v.shape for k, v in dit.named_parameters() if ".attn." not in k}
@@ -58,25 +73,42 @@ def test_dipom_is_dit_with_pom_only():
     assert a == b
 
 
-@pytest.mark.parametrize("paper", ["dit", "pom"])
-def test_claims_give_valid_verdicts(paper):
-    import importlib
+def _row(variant, fid, **kw):
+    return {"variant": variant, "fid": fid, "fid_std": 0.1, "fid_features": "mnist-cnn", "fid_samples": 100,
+            "seeds": [0, 1, 2], **kw}
 
-    mod = importlib.import_module(f"papers.{paper}")
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_claims_give_valid_verdicts(paper):
+    """Every paper module: title, arXiv id, docstring; claims over rows of its variants form a valid metrics.json."""
+    mod = papers.load(paper)
     assert mod.TITLE and mod.ARXIV and mod.__doc__
-    rows = [{"variant": v, "fid": 10.0 + i, "fid_std": 0.1, "fid_features": "mnist-cnn", "fid_samples": 100,
-             "seeds": [0, 1, 2]} for i, v in enumerate(["dit-attention", "dipom", "dipom-k1", "dipom-k3", "sit", "dit", "sit-p8",
-                                                    "sit-4k", "dit-4k", "sit-p8-4k"])]
+    rows = [_row(v, 10.0 + i) for i, v in enumerate(_variants(paper))]
     extra = {"bench": {"scaling": {"pom_slope": 1.0, "attention_slope": 1.9, "speedup_4096": 3.0, "crossover_n": 512},
                        "video": {"pom_mem_ratio": 1.0, "attention_mem_ratio": 3.0}}}
-    claims = mod.claims(rows, extra)
-    assert claims
+    claims = mod.claims(rows, extra) if hasattr(mod, "claims") else []
     for c in claims:
         assert set(c) >= {"claim", "paper", "measured", "verdict"} and c["verdict"] in VERDICTS
-    if paper == "dit":  # sit-4k 17 vs dit-4k 18 (and sit 14 vs dit 15): lower by 1 > 2 sigma (0.14)
-        assert [c["verdict"] for c in claims[:2]] == ["reproduced", "reproduced"]
-        assert "4,000 steps" in claims[0]["claim"] and "sit-4k" in claims[0]["measured"]
-        assert "1,500 steps" in claims[1]["claim"] and "sit 14.00" in claims[1]["measured"]
+    doc = {"paper": paper, "title": mod.TITLE, "arxiv": mod.ARXIV, "preset": "tiny", "dataset": "mnist5k",
+           "rows": rows, "claims": claims}
+    assert validate_metrics(doc) == []
+
+
+def test_dit_claims_judge_both_lengths():
+    from papers.dit import claims
+
+    rows = [_row(v, 10.0 + i) for i, v in enumerate(["sit", "dit", "sit-p8", "sit-4k", "dit-4k", "sit-p8-4k"])]
+    out = claims(rows, {})
+    assert [c["verdict"] for c in out[:2]] == ["reproduced", "reproduced"]  # lower by 3 > 2 sigma (0.14)
+    assert "4,000 steps" in out[0]["claim"] and "sit-4k" in out[0]["measured"]
+    assert "1,500 steps" in out[1]["claim"] and "sit 10.00" in out[1]["measured"]
+
+
+def test_pom_parity_claim_reads_the_shared_reference():
+    from papers.pom import claims
+
+    first = claims([_row("dit-attention", 10.0), _row("dipom", 10.2)], {})[0]
+    assert first["verdict"] == "reproduced" and "dipom 10.20" in first["measured"]
 
 
 def test_dit_claims_name_the_missing_variant():
@@ -101,18 +133,38 @@ def test_dit_quality_gate_judges_the_longest_sit_run():
 
 
 def test_known_papers():
-    assert {"dit", "pom"} <= set(known_papers())
+    assert known_papers() == PAPERS
 
 
-def test_paper_presets_use_paper_sizes():
+@pytest.mark.parametrize("paper", PAPERS)
+def test_paper_presets_use_paper_sizes(paper):
     """A variant's own model must not leak a tiny model into the `paper` preset."""
-    import papers.pom  # noqa: F401
+    params = paper_params(paper)
+    for v in _variants(paper):
+        cfg = resolve(params, paper, v, {"preset": "paper"})
+        assert "-T/" not in cfg.model.name and "-M/" not in cfg.model.name, (paper, v, cfg.model.name)
 
-    for paper in ("dit", "pom"):
-        params = paper_params(paper)
-        for v in _variants(paper):
-            cfg = resolve(params, paper, v, {"preset": "paper"})
-            assert "-T/" not in cfg.model.name and "-M/" not in cfg.model.name, (paper, v, cfg.model.name)
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_dvc_runs_are_listed_once(paper):
+    """The variant x seed list is written once (`vars: runs`); every per-run stage iterates over it, names
+    its variants, and keeps the stage names recorded in dvc.lock."""
+    from dvc.dvcfile import load_file
+    from dvc.repo import Repo
+
+    path = ROOT / "papers" / paper / "dvc.yaml"
+    raw = yaml.safe_load(path.read_text())
+    runs = next(v["runs"] for v in raw.get("vars", []) if isinstance(v, dict) and "runs" in v)
+    per_run = [name for name, st in raw["stages"].items() if "foreach" in st]
+    assert per_run and all(raw["stages"][n]["foreach"] == "${runs}" for n in per_run)
+    assert {r["variant"] for r in runs.values()} <= set(_variants(paper))
+    assert all(isinstance(r["seed"], int) for r in runs.values())
+    names = set(load_file(Repo(str(ROOT)), str(path.relative_to(ROOT))).stages)
+    assert {f"{s}@{key}" for s in per_run for key in runs} <= names
+    lock = ROOT / "papers" / paper / "dvc.lock"
+    if lock.exists():
+        recorded = {n for n in yaml.safe_load(lock.read_text())["stages"] if n.startswith(("train@", "sample@"))}
+        assert recorded <= names
 
 
 def test_mixer_pattern_tiles_the_depth():
@@ -120,3 +172,16 @@ def test_mixer_pattern_tiles_the_depth():
     assert m.mixers == ["attention", "pom"] * 3
     with pytest.raises(ValueError, match="does not tile"):
         create_model("DiT-M/8", mixer=["attention", "pom", "pom", "pom"])
+
+
+def test_describe_resolves_paper_registered_models():
+    """A fresh process: `describe` loads every paper, so a paper's model name (DiPoM-T/4) resolves."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "pipelines.describe", "DiPoM-T/4"], cwd=ROOT, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["model"] == "DiPoM-T/4" and out["mixers"] == ["pom"] and out["tokens"] == 64

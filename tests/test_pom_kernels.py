@@ -78,3 +78,17 @@ def test_bad_inputs_name_the_problem():
         ref.poly_mean_ref(a, 2, "diag")
     with pytest.raises(ValueError, match="add up to 10"):
         ref.poly_mean_ref(a, 2, "block", (3, 3))
+
+
+def test_kernel_switch_sends_cuda_tensors_to_the_reference(monkeypatch):
+    """`DIFFREPRO_DISABLE_KERNELS=1` keeps even a CUDA tensor on the torch reference (any kernel)."""
+    import types
+
+    from common import kernels
+
+    cuda = types.SimpleNamespace(is_cuda=True)  # dispatch only looks at the device
+    monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+    assert kernels.kernels_disabled() and not use_triton(cuda)
+    monkeypatch.setenv(kernels.DISABLE_ENV, "0")
+    pytest.importorskip("triton")
+    assert not kernels.kernels_disabled() and use_triton(cuda)

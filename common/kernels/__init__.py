@@ -1,8 +1,9 @@
 """Fused kernels, each beside a plain torch reference, and the dispatch between them.
 
 Rule: a CUDA tensor goes to the Triton kernel, anything else to the torch reference. Set the
-environment variable `POM_DISABLE_TRITON=1` to force the reference on GPU too (debugging).
-Triton is imported lazily, only when a kernel is actually used, so CPU-only code never imports it.
+environment variable `DIFFREPRO_DISABLE_KERNELS=1` to force every torch reference on GPU too
+(debugging, or to compare a kernel with its reference). Triton is imported lazily, only when a kernel
+is actually used, so CPU-only code never imports it.
 """
 from __future__ import annotations
 
@@ -12,10 +13,17 @@ import torch
 
 from .pom_ref import poly_mean_ref
 
+DISABLE_ENV = "DIFFREPRO_DISABLE_KERNELS"
+
+
+def kernels_disabled() -> bool:
+    """True when `DIFFREPRO_DISABLE_KERNELS` is set to anything but "" or "0"."""
+    return os.environ.get(DISABLE_ENV, "0") not in ("", "0")
+
 
 def use_triton(t: torch.Tensor) -> bool:
     """True when `t` should go through a Triton kernel (CUDA tensor, triton importable, not disabled)."""
-    if not t.is_cuda or os.environ.get("POM_DISABLE_TRITON", "0") not in ("", "0"):
+    if not t.is_cuda or kernels_disabled():
         return False
     try:
         import triton  # noqa: F401
@@ -36,4 +44,4 @@ def poly_mean(a: torch.Tensor, degree: int, mask: str = "none", sizes=None) -> t
     return poly_mean_ref(a, degree, mask, sizes)
 
 
-__all__ = ["poly_mean", "poly_mean_ref", "use_triton"]
+__all__ = ["DISABLE_ENV", "kernels_disabled", "poly_mean", "poly_mean_ref", "use_triton"]
