@@ -29,8 +29,8 @@ A new sampler is a function with this signature registered with `@register(name,
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -68,11 +68,11 @@ def make_grid(name: str, steps: int, shift: float = 1.0, num_timesteps: int = 10
 
 
 def check_grid(grid: torch.Tensor) -> torch.Tensor:
-    """A grid must be 1-D, start at 1, fall strictly, and end in [0, 1)."""
+    """A grid must be 1-D and fall strictly within [0, 1] (it usually starts at 1, pure noise)."""
     if not torch.is_tensor(grid) or grid.dim() != 1 or len(grid) < 2:
         raise ValueError(f"a time grid is a 1-D tensor of at least 2 times, got {getattr(grid, 'shape', grid)}")
-    if not (grid[0] == 1 and (grid[1:] < grid[:-1]).all() and grid[-1] >= 0):
-        raise ValueError(f"a time grid falls strictly from 1 to its end >= 0, got {grid.tolist()}")
+    if not (grid[0] <= 1 and (grid[1:] < grid[:-1]).all() and grid[-1] >= 0):
+        raise ValueError(f"a time grid falls strictly within [0, 1], got {grid.tolist()}")
     return grid
 
 
