@@ -146,10 +146,9 @@ def check_sampler(objective: str, sampler: str) -> None:
 
 def get_sampler(objective: str, sampler: str | None = None) -> Sampler:
     """The registered sampler `sampler` (None or "": the objective's default), checked to fit."""
-    if not sampler:
-        check_sampler(objective, samplers_for(objective)[0] if objective in OBJECTIVES else "")
-        return SAMPLERS[samplers_for(objective)[0]]
-    check_sampler(objective, sampler)
+    if not sampler and objective in OBJECTIVES:
+        sampler = samplers_for(objective)[0]
+    check_sampler(objective, sampler or "")
     return SAMPLERS[sampler]
 
 
