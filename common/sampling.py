@@ -1,6 +1,6 @@
 """Drawing a set of samples from a trained run: class-balanced labels, per-sample seeds, CFG, batches.
 
-Sample i has label i mod num_classes and noise seeded by (seed, i), so the set does not depend on the
+Sample i has label i mod num_classes and noise seeded by `derive_seed(seed, i, 3)`, so the set does not depend on the
 batch size or on how many processes share the work. The objective, its parameterization, the sampler
 and the time grid come from the run's `diffusion` and `sample` sections (`common.diffusion`)."""
 from __future__ import annotations
@@ -11,10 +11,11 @@ import torch
 
 from common.config import ConfigError
 from common.diffusion import CFGDenoiser, check_sampler, objective_from_config, per_sample_noise, sample
+from common.seeding import SAMPLE_NOISE, derive_seed
 
 
 def _sample_seed(seed: int, i: int) -> int:
-    return seed * 1_000_003 + i
+    return derive_seed(seed, i, SAMPLE_NOISE)
 
 
 @torch.no_grad()

@@ -430,3 +430,43 @@ def test_training_with_v_prediction_runs_and_samples(tmp_path):
         imgs, _, _ = generate(model, cfg, num_samples=2, progress=False)
         assert torch.isfinite(imgs).all()
     assert not torch.equal(weights["eps"], weights["v"])
+
+
+class _ZeroVideo:
+    """A stand-in block-causal video model whose every prediction is 0 (velocity 0: noise is kept)."""
+
+    frames, mask, in_channels, mixers, blocks = 2, "block", 1, [], []
+
+    def step_frame(self, x, t, y, states, f, force_drop_ids=None):
+        return torch.zeros_like(x), None
+
+
+def test_every_sampling_draw_comes_from_derive_seed():
+    """With velocity 0 on a 2-step grid, Euler-Maruyama returns 0.5 x + z0: z0 is step 0's noise."""
+    from common.config import RunConfig
+    from common.sampling import generate
+    from common.seeding import FRAME, SAMPLE_NOISE, STEP_NOISE
+
+    def zero(x, t, y, **kw):
+        return torch.zeros_like(x)
+
+    def noise_of(seeds, shape=(1, 4, 4)):
+        return per_sample_noise((len(seeds),) + shape, seeds)
+
+    x = noise_of([11, 12])
+    out = sample(FlowMatching(), zero, x, torch.zeros(2), sampler="euler_maruyama", steps=2, seeds=[11, 12])
+    torch.testing.assert_close(out - 0.5 * x, noise_of([derive_seed(s, 0, STEP_NOISE) for s in (11, 12)]))
+
+    video = per_sample_noise((2, 2, 1, 4, 4), [11, 12])
+    out = sample_sequential(FlowMatching(), _ZeroVideo(), video, torch.zeros(2), 2, sampler="euler_maruyama",
+                            seeds=[11, 12])
+    for f in range(2):
+        z = noise_of([derive_seed(derive_seed(s, f, FRAME), 0, STEP_NOISE) for s in (11, 12)])
+        torch.testing.assert_close(out[:, f] - 0.5 * video[:, f], z)
+
+    model = create_model("DiT-M/8", depth=1)  # zero-initialised final layer: velocity 0, Euler keeps the noise
+    cfg = RunConfig()
+    cfg.sample.seed, cfg.sample.steps = 3, 2
+    imgs, _, _ = generate(model, cfg, indices=[4, 5], progress=False)
+    want = per_sample_noise((2, 1, 32, 32), [derive_seed(3, i, SAMPLE_NOISE) for i in (4, 5)]).clamp(-1, 1)
+    assert torch.equal(imgs, want)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from common.seeding import STEP_NOISE, derive_seed
+
 from .guidance import per_sample_noise
 from .parameterization import Prediction
 
@@ -171,7 +173,8 @@ def _seeds(seeds, x) -> list[int]:
 
 
 def _step_noise(x, seeds, i):
-    return per_sample_noise(x.shape, [s * 100003 + i for s in seeds], x.device, x.dtype)
+    """Noise of step i, row r seeded by (seeds[r], i) alone."""
+    return per_sample_noise(x.shape, [derive_seed(s, i, STEP_NOISE) for s in seeds], x.device, x.dtype)
 
 
 @register("euler", "flow")

@@ -31,6 +31,8 @@ import time
 
 import torch
 
+from common.seeding import FRAME, derive_seed
+
 from .guidance import CFGDenoiser
 from .samplers import Denoiser, get_sampler, held_mask
 
@@ -88,7 +90,7 @@ def sample_sequential_with_states(objective, model, noise, y, steps: int, cfg_sc
         else:
             frame_model = _FrameModel(model, states, f)
             den = Denoiser(objective, CFGDenoiser(frame_model, cfg_scale, cfg_channels, in_channels=model.in_channels), y)
-            frame_seeds = [s * 1_009 + f for s in seeds]  # fresh SDE/ancestral noise per frame
+            frame_seeds = [derive_seed(s, f, FRAME) for s in seeds]  # fresh SDE/ancestral noise per frame
             x = spec.fn(den, given, ts, seeds=frame_seeds)  # (B, C, H, W)
             if mask is not None:
                 x = torch.where(mask[:, f, None, None, None], given, x)
