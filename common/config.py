@@ -56,6 +56,16 @@ class DiffusionConfig:
     num_timesteps: int = 1000       # ddpm only
     learn_sigma: bool = True        # ddpm only: hybrid loss with learned-range variance
     per_frame_t: bool = False       # video: an independent timestep per frame (diffusion forcing / FVDM)
+    prediction: str = ""            # "" = the objective's own | eps, v (ddpm) | velocity (flow)
+    t_sampling: str = "uniform"     # training times: uniform | logit_normal (SD3; ddpm: mapped to a step)
+    t_mean: float = 0.0             # logit_normal: t = sigmoid(t_mean + t_std * n), n ~ N(0, 1)
+    t_std: float = 1.0
+
+    def __post_init__(self):
+        fits = {"flow": ("velocity",), "ddpm": ("eps", "v")}.get(self.objective, ())
+        if self.prediction and fits and self.prediction not in fits:
+            raise ConfigError(f"params key 'diffusion.prediction' = {self.prediction!r} does not fit objective "
+                              f"'{self.objective}' ({self.objective} takes: {', '.join(fits)})")
 
 
 @dataclass
@@ -81,6 +91,9 @@ class SampleConfig:
     batch_size: int = 250
     sampler: str = "euler"          # common.diffusion.SAMPLERS
     steps: int = 50
+    time_grid: str = ""             # "" = the objective's own (flow: uniform, ddpm: respaced) | uniform | shifted
+    shift: float = 1.0              # time_grid shifted: t' = shift t / (1 + (shift - 1) t), >= 1
+    frames: int = 0                 # video: frames to generate (0 = the model's; more extends the positions)
     cfg_scale: float = 2.0
     cfg_channels: int = 0           # 0 = all channels; DiT's official quirk is 3 of 4
     use_ema: bool = True
@@ -99,6 +112,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+    def __post_init__(self):
+        d, s = self.diffusion, self.sample
+        if s.time_grid == "respaced" and d.objective != "ddpm":
+            raise ConfigError(f"params key 'sample.time_grid' = 'respaced' is DDPM's step respacing; objective "
+                              f"'{d.objective}' takes: uniform, shifted")
+        if d.objective == "ddpm" and s.time_grid in ("", "respaced") and s.steps > d.num_timesteps:
+            raise ConfigError(f"params key 'sample.steps' = {s.steps} exceeds the {d.num_timesteps} steps of the "
+                              "DDPM chain it respaces (diffusion.num_timesteps)")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -111,10 +133,14 @@ _RANGES = {
     "sample.num_samples": (1, None), "sample.batch_size": (1, None), "sample.steps": (1, None),
     "sample.cfg_scale": (0.0, None), "sample.grid": (0, None), "sample.cfg_channels": (0, None),
     "diffusion.num_timesteps": (2, None), "data.frames": (1, None),
+    "sample.shift": (1.0, None), "sample.frames": (0, None), "diffusion.t_std": (1e-6, None),
 }
 _CHOICES = {
     "train.precision": ("fp32", "bf16"),
     "diffusion.objective": ("flow", "ddpm"),
+    "diffusion.prediction": ("", "eps", "v", "velocity"),
+    "diffusion.t_sampling": ("uniform", "logit_normal"),
+    "sample.time_grid": ("", "uniform", "shifted", "respaced"),
     "preset": ("tiny", "paper", "test"),
 }
 

@@ -1,18 +1,21 @@
 """Drawing a set of samples from a trained run: class-balanced labels, per-sample seeds, CFG, batches.
 
-Sample i has label i mod num_classes and noise seeded by (seed, i), so the set does not depend on the
-batch size or on how many processes share the work."""
+Sample i has label i mod num_classes and noise seeded by `derive_seed(seed, i, 3)`, so the set does not depend on the
+batch size or on how many processes share the work. The objective, its parameterization, the sampler
+and the time grid come from the run's `diffusion` and `sample` sections (`common.diffusion`)."""
 from __future__ import annotations
 
 import time
 
 import torch
 
-from common.diffusion import CFGDenoiser, check_sampler, create_objective, per_sample_noise
+from common.config import ConfigError
+from common.diffusion import CFGDenoiser, check_sampler, objective_from_config, per_sample_noise, sample
+from common.seeding import SAMPLE_NOISE, derive_seed
 
 
 def _sample_seed(seed: int, i: int) -> int:
-    return seed * 1_000_003 + i
+    return derive_seed(seed, i, SAMPLE_NOISE)
 
 
 @torch.no_grad()
@@ -20,14 +23,19 @@ def generate(model, cfg, num_samples: int | None = None, indices=None, progress:
              video_mode: str = "parallel"):
     """Returns (images float in [-1, 1] (N, C, H, W) or (N, F, C, H, W), labels (N,), seconds)."""
     sc = cfg.sample
-    objective = create_objective(cfg.diffusion.objective, num_timesteps=cfg.diffusion.num_timesteps,
-                                 learn_sigma=cfg.diffusion.learn_sigma)
+    objective = objective_from_config(cfg.diffusion)
     check_sampler(cfg.diffusion.objective, sc.sampler)
+    try:
+        objective.grid(sc.steps, sc.time_grid, sc.shift)  # fail before sampling anything
+    except ValueError as e:
+        raise ConfigError(f"params key 'sample.time_grid' = {sc.time_grid!r}: {e}") from e
+    if sc.frames and not model.frames:
+        raise ConfigError(f"params key 'sample.frames' = {sc.frames} is for video models; this model makes images")
     n = num_samples or sc.num_samples
     indices = list(range(n)) if indices is None else list(indices)
     shape = (model.in_channels, model.input_size, model.input_size)
     if model.frames:
-        shape = (model.frames,) + shape
+        shape = (sc.frames or model.frames,) + shape
     denoiser = CFGDenoiser(model, sc.cfg_scale, sc.cfg_channels)
     chunks = [indices[i : i + sc.batch_size] for i in range(0, len(indices), sc.batch_size)]
     bar = None
@@ -45,9 +53,10 @@ def generate(model, cfg, num_samples: int | None = None, indices=None, progress:
             from common.diffusion.video import sample_sequential
 
             x = sample_sequential(objective, model, noise, y, sc.steps, sc.cfg_scale, sc.cfg_channels,
-                                  sampler=sc.sampler, seeds=seeds)
+                                  sampler=sc.sampler, seeds=seeds, grid=sc.time_grid, shift=sc.shift)
         else:
-            x = objective.sample(denoiser, noise, y, sampler=sc.sampler, steps=sc.steps, seeds=seeds)
+            x = sample(objective, denoiser, noise, y, sampler=sc.sampler, steps=sc.steps, grid=sc.time_grid,
+                       shift=sc.shift, seeds=seeds)
         outs.append(x.clamp(-1, 1))
         labels.append(y)
         if bar is not None:

@@ -98,7 +98,7 @@ def test_sample_unknown_sampler(tmp_path, capsys):
         main(["dit", "sit", "--run", str(tmp_path), "--set", "sample.sampler=ddim"])
     assert e.value.code not in (0, None)
     err = capsys.readouterr().err.strip()
-    assert "unknown sampler 'ddim' for objective 'flow'" in err and len(err.splitlines()) == 1
+    assert "sampler 'ddim' does not fit objective 'flow'" in err and len(err.splitlines()) == 1
 
 
 def test_sample_without_checkpoint(tmp_path):

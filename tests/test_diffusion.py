@@ -19,7 +19,11 @@ from common.diffusion import (
     GaussianDiffusion,
     check_sampler,
     create_objective,
+    nfe,
     per_sample_noise,
+    sample,
+    samplers_for,
+    times,
 )
 from common.models import create_model
 from common.sampling import generate
@@ -44,10 +48,10 @@ def flow_velocity(x, t, y, **kw):
     return (t - a * S**2) * (x - a * MU) / v - MU
 
 
-def ddpm_oracle(gd: GaussianDiffusion, steps: int):
-    """Exact eps and, in the learned-range half, the exact reverse variance of the respaced chain:
+def ddpm_oracle(gd: GaussianDiffusion, steps: int, grid: str = "", prediction: str = "eps"):
+    """Exact eps (or v) and, in the learned-range half, the exact reverse variance of the respaced chain:
     Var[x_{k-1} | x_k] = beta~_k + coef1_k^2 Var[x0 | x_k] (Gaussian data), so ancestral sampling is exact."""
-    sched, tmap = gd.respaced(steps)
+    sched, tmap = gd.chain(gd.grid(steps, grid))
     ac = torch.tensor(gd.base.alphas_cumprod, dtype=torch.float64)
     coef1_all = torch.tensor(sched.posterior_mean_coef1)
     post_all = torch.tensor(sched.posterior_variance)
@@ -61,6 +65,8 @@ def ddpm_oracle(gd: GaussianDiffusion, steps: int):
         ab = ac[orig].reshape(-1, 1, 1, 1)
         var = ab * S**2 + 1 - ab
         eps = (1 - ab).sqrt() * (x.double() - ab.sqrt() * MU) / var
+        if prediction == "v":  # v = sqrt(ab) eps - sqrt(1 - ab) x0 with x0 = (x - sqrt(1 - ab) eps) / sqrt(ab)
+            eps = ab.sqrt() * eps - (1 - ab).sqrt() * (x.double() - (1 - ab).sqrt() * eps) / ab.sqrt()
         k = index_of[orig]
         var_x0 = S**2 * (1 - ab) / var
         coef1, post, lo, hi = (a[k].reshape(-1, 1, 1, 1) for a in (coef1_all, post_all, lo_all, hi_all))
@@ -82,7 +88,7 @@ Y = torch.zeros(N, dtype=torch.long)
 
 @pytest.mark.parametrize("sampler, steps, tol", [("euler", 200, 0.01), ("heun", 30, 0.005)])
 def test_flow_ode_samplers_map_noise_to_target(noise, sampler, steps, tol):
-    x = FlowMatching().sample(flow_velocity, noise, Y, sampler=sampler, steps=steps)
+    x = sample(FlowMatching(), flow_velocity, noise, Y, sampler=sampler, steps=steps)
     exact = MU + S * noise  # the exact flow between two Gaussians is affine
     assert (x - exact).abs().max() < tol
     assert x.mean().item() == pytest.approx(MU, abs=0.02)
@@ -94,7 +100,7 @@ def test_euler_is_first_order_and_heun_second_order(noise):
     err = {}
     for sampler in ("euler", "heun"):
         for steps in (10, 20):
-            x = FlowMatching().sample(flow_velocity, noise, Y, sampler=sampler, steps=steps)
+            x = sample(FlowMatching(), flow_velocity, noise, Y, sampler=sampler, steps=steps)
             err[sampler, steps] = (x - exact).abs().max().item()
     assert 1.6 < err["euler", 10] / err["euler", 20] < 2.5
     assert err["heun", 10] / err["heun", 20] > 3.0
@@ -102,7 +108,7 @@ def test_euler_is_first_order_and_heun_second_order(noise):
 
 
 def test_flow_sde_sampler_matches_target(noise):
-    x = FlowMatching().sample(flow_velocity, noise, Y, sampler="euler_maruyama", steps=50, seeds=range(N))
+    x = sample(FlowMatching(), flow_velocity, noise, Y, sampler="euler_maruyama", steps=50, seeds=range(N))
     assert x.mean().item() == pytest.approx(MU, abs=0.025)
     assert x.std().item() == pytest.approx(S, rel=0.06)
     # stochastic: not the deterministic ODE map of the same noise
@@ -111,35 +117,69 @@ def test_flow_sde_sampler_matches_target(noise):
 
 def test_ddpm_ancestral_with_exact_variance_matches_target(noise):
     gd = GaussianDiffusion(learn_sigma=True)
-    x = gd.sample(ddpm_oracle(gd, 25), noise, Y, sampler="ddpm", steps=25, seeds=range(N))
+    x = sample(gd, ddpm_oracle(gd, 25), noise, Y, sampler="ddpm", steps=25, seeds=range(N))
     assert x.mean().item() == pytest.approx(MU, abs=0.025)
     assert x.std().item() == pytest.approx(S, rel=0.06)
 
 
 def test_ddim_matches_target(noise):
     gd = GaussianDiffusion(learn_sigma=True)
-    x = gd.sample(ddpm_oracle(gd, 500), noise, Y, sampler="ddim", steps=500)
+    x = sample(gd, ddpm_oracle(gd, 500), noise, Y, sampler="ddim", steps=500)
     assert (x - (MU + S * noise)).abs().max() < 0.02  # DDIM (eta = 0) is the probability-flow ODE
     assert x.mean().item() == pytest.approx(MU, abs=0.02)
     assert x.std().item() == pytest.approx(S, rel=0.05)
 
 
+def test_flow_sampler_on_a_shifted_grid_maps_noise_to_target(noise):
+    x = sample(FlowMatching(), flow_velocity, noise, Y, sampler="heun", steps=30, grid="shifted", shift=3.0)
+    assert (x - (MU + S * noise)).abs().max() < 0.005
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 25), ("ddim", 500)])
+def test_v_prediction_ddpm_matches_target(noise, sampler, steps):
+    gd = GaussianDiffusion(learn_sigma=True, prediction="v")
+    x = sample(gd, ddpm_oracle(gd, steps, prediction="v"), noise, Y, sampler=sampler, steps=steps, seeds=range(N))
+    assert x.mean().item() == pytest.approx(MU, abs=0.025)
+    assert x.std().item() == pytest.approx(S, rel=0.06)
+    if sampler == "ddim":
+        assert (x - (MU + S * noise)).abs().max() < 0.02
+
+
+def test_ddim_on_a_uniform_grid_matches_target(noise):
+    gd = GaussianDiffusion(learn_sigma=True)
+    x = sample(gd, ddpm_oracle(gd, 500, grid="uniform"), noise, Y, sampler="ddim", steps=500, grid="uniform")
+    assert (x - (MU + S * noise)).abs().max() < 0.02
+
+
 def test_respacing():
     gd = GaussianDiffusion()
-    sched, tmap = gd.respaced(10)
+    sched, tmap = gd.chain(times.respaced(10, 1000))
     assert len(tmap) == 10 and tmap[0] == 0 and tmap[-1] == 999
     assert np.allclose(sched.alphas_cumprod, gd.base.alphas_cumprod[tmap])
-    full, ident = gd.respaced(1000)
+    full, ident = gd.chain(times.respaced(1000, 1000))
     assert np.array_equal(ident, np.arange(1000)) and np.allclose(full.betas, gd.base.betas)
-    with pytest.raises(ValueError):
-        gd.respaced(1001)
+    with pytest.raises(ValueError, match="cannot respace 1000 steps to 1001"):
+        times.respaced(1001, 1000)
+
+
+@pytest.mark.parametrize("T", [1000, 100, 50])
+def test_respaced_grid_runs_exactly_dits_steps(T):
+    """DDPM's default grid lands on IDDPM's respaced steps round(linspace(0, T - 1, n)) for every n."""
+    gd = GaussianDiffusion(num_timesteps=T)
+    for n in range(1, T + 1):
+        old = np.unique(np.round(np.linspace(0, T - 1, n)).astype(np.int64))
+        assert np.array_equal(gd.chain(gd.grid(n))[1], old), n
 
 
 def test_sampler_registry_and_errors():
-    assert SAMPLERS == {"flow": ("euler", "heun", "euler_maruyama"), "ddpm": ("ddpm", "ddim")}
+    assert {n: s.objective for n, s in SAMPLERS.items()} == {
+        "euler": "flow", "heun": "flow", "euler_maruyama": "flow", "ddpm": "ddpm", "ddim": "ddpm"}
+    assert samplers_for("flow")[0] == "euler" and samplers_for("ddpm")[0] == "ddpm"  # the defaults
     check_sampler("flow", "heun")
-    with pytest.raises(KeyError, match="unknown sampler 'ddim' for objective 'flow'"):
+    with pytest.raises(KeyError, match="sampler 'ddim' does not fit objective 'flow' \\(flow takes: euler, heun"):
         check_sampler("flow", "ddim")
+    with pytest.raises(KeyError, match="unknown sampler 'dpm' \\(known: flow: euler/heun/euler_maruyama, ddpm"):
+        check_sampler("ddpm", "dpm")
     with pytest.raises(KeyError, match="unknown objective 'score'"):
         create_objective("score")
 
@@ -277,7 +317,7 @@ def test_generate_independent_of_batch_split(objective, sampler):
 def test_generate_rejects_unknown_sampler():
     cfg = RunConfig()
     cfg.sample.sampler = "ddim"  # a ddpm sampler for a flow run
-    with pytest.raises(KeyError, match="unknown sampler 'ddim'"):
+    with pytest.raises(KeyError, match="sampler 'ddim' does not fit objective 'flow'"):
         generate(_random_dit(), cfg, num_samples=2, progress=False)
 
 
@@ -285,4 +325,4 @@ def test_time_convention_documented():
     import common.diffusion as d
 
     assert "t = 0 data, t = 1 noise" in d.__doc__
-    assert math.isclose(FlowMatching.nfe("heun", 10), 20) and GaussianDiffusion.nfe("ddim", 10) == 10
+    assert math.isclose(nfe("heun", 10), 20) and nfe("ddim", 10) == 10 and nfe("euler", 10) == 10

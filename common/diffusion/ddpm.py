@@ -3,7 +3,13 @@
 (the network's second half v interpolates log beta_t and log beta~_t) trained by the hybrid loss
 MSE(eps) + L_vb, where L_vb (in bits/dim) sees a stop-gradient mean so it only trains the variance.
 
-Sampling respaces the schedule to `steps` evenly spaced steps (`ddpm`, ancestral) or runs DDIM (eta=0).
+`prediction="v"` trains v = sqrt(alpha-bar) eps - sqrt(1 - alpha-bar) x0 instead (MSE on v), and with
+learned sigma keeps L_vb on the stop-gradient mean of the x0 that v gives (as ADM does for its other
+mean parameterizations). `t_sampling="logit_normal"` draws training steps through a logit-normal
+continuous time (`common.diffusion.times`).
+
+Samplers (`common.diffusion.samplers`: ddpm ancestral, ddim) run the chain respaced to a time grid's
+steps (`chain`); the default grid is DiT's evenly spaced respacing (`times.respaced`).
 """
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ import math
 import numpy as np
 import torch
 
-from .guidance import per_sample_noise
+from .parameterization import Level, get_prediction
+from .times import check_grid, check_t_sampling, continuous_to_step, logit_normal, make_grid
 
 
 def _extract(arr: np.ndarray, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -62,11 +69,16 @@ class _Schedule:
 
 class GaussianDiffusion:
     name = "ddpm"
+    default_grid = "respaced"
 
-    def __init__(self, num_timesteps: int = 1000, learn_sigma: bool = True):
+    def __init__(self, num_timesteps: int = 1000, learn_sigma: bool = True, prediction: str = "eps",
+                 t_sampling: str = "uniform", t_mean: float = 0.0, t_std: float = 1.0):
         scale = 1000 / num_timesteps
         self.base = _Schedule(np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64))
         self.num_timesteps, self.learn_sigma = num_timesteps, learn_sigma
+        self.prediction = get_prediction(prediction, self.name)
+        check_t_sampling(t_sampling, t_mean, t_std)
+        self.t_sampling, self.t_mean, self.t_std = t_sampling, t_mean, t_std
 
     # ---- forward process ----------------------------------------------------------------------
     def q_sample(self, x0, t, noise, s: _Schedule | None = None):
@@ -77,46 +89,69 @@ class GaussianDiffusion:
         mean = _extract(s.posterior_mean_coef1, t, x_t) * x0 + _extract(s.posterior_mean_coef2, t, x_t) * x_t
         return mean, _extract(s.posterior_log_variance_clipped, t, x_t)
 
-    def _split(self, out, x):
+    # ---- the process, as the parameterization and the samplers read it ---------------------------
+    def level(self, t, x, s: _Schedule | None = None) -> Level:
+        """alpha, sigma (and DDPM's 1 / alpha, sigma / alpha) at integer steps t of schedule s (default:
+        the full chain), broadcast to x."""
+        s = s or self.base
+        t = torch.as_tensor(t, dtype=torch.long, device=x.device)
+        return Level(alpha=_extract(s.sqrt_alphas_cumprod, t, x), sigma=_extract(s.sqrt_one_minus_alphas_cumprod, t, x),
+                     recip_alpha=_extract(s.sqrt_recip_alphas_cumprod, t, x),
+                     sigma_over_alpha=_extract(s.sqrt_recipm1_alphas_cumprod, t, x))
+
+    @staticmethod
+    def alpha_bar_prev(t, x, s: _Schedule) -> torch.Tensor:
+        """float32 alpha-bar of the step after t toward data (1 after step 0), broadcast to x."""
+        return _extract(s.alphas_cumprod_prev, t, x)
+
+    @staticmethod
+    def network_time(t) -> torch.Tensor:
+        """The network sees the (original, not respaced) step index."""
+        return torch.as_tensor(t).float()
+
+    def split(self, out, x):
+        """(prediction half, learned-range variance half or None) of the network output."""
         cdim = 2 if x.dim() == 5 else 1
         C = x.shape[cdim]
-        eps = out.narrow(cdim, 0, C)
-        v = out.narrow(cdim, C, C) if self.learn_sigma and out.shape[cdim] == 2 * C else None
-        return eps, v
+        pred = out.narrow(cdim, 0, C)
+        var = out.narrow(cdim, C, C) if self.learn_sigma and out.shape[cdim] == 2 * C else None
+        return pred, var
 
-    def p_mean_variance(self, eps, v, x_t, t, s: _Schedule, clip: bool = False):
-        """Model mean / log-variance from predicted eps and variance interpolation v (learned range)."""
-        if v is not None:
+    def p_mean_variance(self, x0, var, x_t, t, s: _Schedule):
+        """Model mean / log-variance of step t from a predicted x0 and variance interpolation `var`
+        (learned range: log-variance between log beta~_t and log beta_t; None = beta~_t, fixed small)."""
+        if var is not None:
             min_log = _extract(s.posterior_log_variance_clipped, t, x_t)
             max_log = _extract(np.log(s.betas), t, x_t)
-            frac = (v + 1) / 2
+            frac = (var + 1) / 2
             log_var = frac * max_log + (1 - frac) * min_log
         else:  # fixed small variance
             log_var = _extract(s.posterior_log_variance_clipped, t, x_t)
-        x0 = _extract(s.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _extract(s.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
-        if clip:
-            x0 = x0.clamp(-1, 1)
         mean, _ = self.q_posterior(x0, x_t, t, s)
-        return mean, log_var, x0
+        return mean, log_var
 
     # ---- training -----------------------------------------------------------------------------
     def sample_t(self, x, generator=None, per_frame: bool = False):
         shape = x.shape[:2] if (per_frame and x.dim() == 5) else x.shape[:1]
+        if self.t_sampling == "logit_normal":
+            u = logit_normal(shape, self.t_mean, self.t_std, generator=generator, device=x.device)
+            return continuous_to_step(u, self.num_timesteps)
         return torch.randint(0, self.num_timesteps, shape, generator=generator, device=x.device)
 
     def training_losses(self, model, x, y, t=None, noise=None, per_frame_t: bool = False, **kw) -> dict:
-        """Per-sample loss terms, each (B,) (ADM's `training_losses` shape): "mse" (eps), "vb" (L_vb in
-        bits/dim on a stop-grad mean; only with learned sigma) and "loss" = mse + vb."""
+        """Per-sample loss terms, each (B,) (ADM's `training_losses` shape): "mse" (of the prediction:
+        eps or v), "vb" (L_vb in bits/dim on a stop-grad mean; only with learned sigma) and "loss" = mse + vb."""
         t = self.sample_t(x, per_frame=per_frame_t) if t is None else t
         noise = torch.randn_like(x) if noise is None else noise
         x_t = self.q_sample(x, t, noise)
-        out = model(x_t, t.float(), y, **kw)
-        eps, v = self._split(out, x)
-        terms = {"mse": (eps - noise).pow(2).flatten(1).mean(1)}
+        out, var = self.split(model(x_t, t.float(), y, **kw), x)
+        level = self.level(t, x)
+        terms = {"mse": (out - self.prediction.target(x, noise, level)).pow(2).flatten(1).mean(1)}
         terms["loss"] = terms["mse"]
-        if v is not None:
+        if var is not None:
             s = self.base
-            mean, log_var, _ = self.p_mean_variance(eps.detach(), v, x_t, t, s)
+            x0 = self.prediction.x0(out.detach(), x_t, level)
+            mean, log_var = self.p_mean_variance(x0, var, x_t, t, s)
             true_mean, true_log_var = self.q_posterior(x, x_t, t, s)
             kl = normal_kl(true_mean, true_log_var, mean, log_var) / math.log(2.0)
             nll = -discretized_gaussian_log_likelihood(x, mean, 0.5 * log_var) / math.log(2.0)
@@ -126,43 +161,17 @@ class GaussianDiffusion:
         return terms
 
     # ---- sampling -----------------------------------------------------------------------------
-    def respaced(self, steps: int) -> tuple[_Schedule, np.ndarray]:
-        """Schedule over `steps` evenly spaced original steps and the map new index -> original step."""
-        if steps > self.num_timesteps:
-            raise ValueError(f"cannot respace {self.num_timesteps} steps to {steps}")
-        use = np.unique(np.round(np.linspace(0, self.num_timesteps - 1, steps)).astype(np.int64))
+    def grid(self, steps: int, name: str = "", shift: float = 1.0) -> torch.Tensor:
+        return make_grid(name or self.default_grid, steps, shift, self.num_timesteps)
+
+    def chain(self, grid: torch.Tensor) -> tuple[_Schedule, np.ndarray]:
+        """The chain respaced to a grid: a schedule over the grid's steps and the original step of each
+        (ascending). Time t > 0 runs step round(t T) - 1; the grid must end at t = 0 (data)."""
+        grid = check_grid(grid)
+        if grid[-1] != 0:
+            raise ValueError(f"a DDPM grid ends at t = 0 (data), got {grid[-1].item()}")
+        steps = np.round(grid[:-1].double().cpu().numpy() * self.num_timesteps).astype(np.int64) - 1
+        use = np.unique(steps.clip(0, self.num_timesteps - 1))
         ac = self.base.alphas_cumprod[use]
         betas = 1 - ac / np.append(1.0, ac[:-1])
         return _Schedule(betas), use
-
-    @torch.no_grad()
-    def sample(self, model, noise, y, sampler: str = "ddpm", steps: int = 250, seeds=None, clip: bool = True, **kw):
-        s, tmap = self.respaced(steps)
-        x = noise
-        B = x.shape[0]
-        seeds = list(range(B)) if seeds is None else list(seeds)
-        for i in reversed(range(s.num_timesteps)):
-            t = torch.full((B,), i, dtype=torch.long, device=x.device)
-            t_model = torch.full((B,), float(tmap[i]), device=x.device)
-            eps, v = self._split(model(x, t_model, y, **kw), x)
-            if sampler == "ddpm":
-                mean, log_var, _ = self.p_mean_variance(eps, v, x, t, s, clip=clip)
-                if i > 0:
-                    z = per_sample_noise(x.shape, [sd * 100003 + i for sd in seeds], x.device, x.dtype)
-                    x = mean + torch.exp(0.5 * log_var) * z
-                else:
-                    x = mean
-            elif sampler == "ddim":
-                x0 = _extract(s.sqrt_recip_alphas_cumprod, t, x) * x - _extract(s.sqrt_recipm1_alphas_cumprod, t, x) * eps
-                if clip:
-                    x0 = x0.clamp(-1, 1)
-                    eps = (_extract(s.sqrt_recip_alphas_cumprod, t, x) * x - x0) / _extract(s.sqrt_recipm1_alphas_cumprod, t, x)
-                ac_prev = _extract(s.alphas_cumprod_prev, t, x)
-                x = x0 * ac_prev.sqrt() + (1 - ac_prev).sqrt() * eps
-            else:
-                raise KeyError(f"unknown ddpm sampler '{sampler}' (known: ddpm, ddim)")
-        return x
-
-    @staticmethod
-    def nfe(sampler: str, steps: int) -> int:
-        return steps

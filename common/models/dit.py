@@ -146,7 +146,12 @@ class DiT(nn.Module):
         return self.grid**2
 
     def embed(self, x: torch.Tensor, frame_offset: int = 0) -> torch.Tensor:
-        """(B, C, H, W) or (B, F, C, H, W) -> (B, N, D) tokens with position embedding."""
+        """(B, C, H, W) or (B, F, C, H, W) -> (B, N, D) tokens with position embedding.
+
+        Frame f (counting from `frame_offset`) uses temporal position f of the space-time sin-cos code
+        and the trained spatial grid: row f*h*w + i of the table. Frames within the built count read
+        the stored table (`pos_embed`); frames beyond it (longer videos than trained) get the same
+        code computed for their index, so the table extends to any number of frames."""
         video = x.dim() == 5
         if video:
             B, F = x.shape[:2]
@@ -155,7 +160,13 @@ class DiT(nn.Module):
         if video:
             x = x.reshape(B, F * x.shape[1], -1)  # (B, F*h*w, D)
         n0 = frame_offset * self.tokens_per_frame
-        return x + self.pos_embed[:, n0 : n0 + x.shape[1]]
+        n1 = n0 + x.shape[1]
+        pos = self.pos_embed
+        if self.frames and n1 > pos.shape[1]:  # beyond the built frames: extend the sin-cos table
+            pe = sincos_3d(pos.shape[-1], -(-n1 // self.tokens_per_frame), self.grid)
+            pos = torch.from_numpy(pe[pos.shape[1] :]).to(pos).unsqueeze(0)
+            pos = torch.cat([self.pos_embed, pos], 1)  # (1, >= n1, D)
+        return x + pos[:, n0:n1]
 
     def unpatchify(self, x: torch.Tensor, frames: int = 0) -> torch.Tensor:
         """(B, N, p*p*C) -> (B, C, H, W), or (B, F, C, H, W) for video."""

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common.config import RunConfig
-from common.diffusion import create_objective
+from common.diffusion import objective_from_config
 from common.flops import model_flops
 from common.models import count_params, create_model
 
@@ -195,8 +195,7 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data_info)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    objective = create_objective(cfg.diffusion.objective, num_timesteps=cfg.diffusion.num_timesteps,
-                                 learn_sigma=cfg.diffusion.learn_sigma)
+    objective = objective_from_config(cfg.diffusion)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                             betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     step = 0
