@@ -195,6 +195,9 @@ def test_per_block_mixer_kwargs_reach_each_block():
     m = create_model("DiT-M/8", depth=4, mixer=mix, mixer_kwargs=[{"qkv_bias": False}, {"expand": 1}])
     assert [b.attn.qkv.bias is None for b in m.blocks[::2]] == [True, True]
     assert [b.attn.expand for b in m.blocks[1::2]] == [1, 1]
+    # keys of registered mixers the model does not use are ignored (one params section, many variants)
+    m = create_model("DiT-M/8", depth=2, mixer_kwargs={"pom": {"degree": 3}, "attention": {"qkv_bias": False}})
+    assert all(b.attn.qkv.bias is None for b in m.blocks)
 
 
 def test_mixer_kwargs_forms_build_identical_models():
@@ -209,7 +212,7 @@ def test_mixer_kwargs_forms_build_identical_models():
 @pytest.mark.parametrize("kwargs, message", [
     ([{"degree": 2}] * 3, r"mixer_kwargs: a list of 3 dicts does not tile 4 blocks"),
     ([], r"mixer_kwargs: a list of 0 dicts does not tile 4 blocks"),
-    ({"pmo": {"degree": 2}}, r"mixer_kwargs: unknown mixer key 'pmo' \(mixers of this model: attention, pom\)"),
+    ({"pmo": {"degree": 2}}, r"mixer_kwargs: unknown mixer key 'pmo' \(known mixers: attention, pom"),
     ({"attention": {}, "sla": {"topk": 4}}, r"unknown mixer key 'sla'"),
     ({"pom": {"degree": 2}, "expand": 2}, r"mixer_kwargs mixes per-mixer dicts \(pom\) with plain arguments \(expand\)"),
     ([{"degree": 2}, 2], r"mixer_kwargs\[1\] must be a dict of mixer arguments, got int"),

@@ -35,7 +35,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from common.mixers import MixerContext, build_mixer
+from common.mixers import MIXERS, MixerContext, build_mixer
 from common.nn import LabelEmbedder, Mlp, TimestepEmbedder, modulate, sincos_2d, sincos_3d
 
 COND_FIELDS = ("t", "t_emb", "y_emb", "c")
@@ -87,7 +87,8 @@ def block_mixer_kwargs(mixers: list[str], mixer_kwargs) -> list[dict]:
     - None or a flat dict {kwarg: value}: every non-attention block gets the dict, attention blocks get
       none (DiPoM's `mixer="pom", mixer_kwargs={"degree": 2}`; the behaviour before the other forms);
     - a dict keyed by mixer name whose values are all dicts ({"pom": {...}, "attention": {...}}): each
-      block gets the entry of its mixer, or none; every key must be a mixer of this model;
+      block gets the entry of its mixer, or none; every key must be a registered mixer, and keys of
+      mixers this model does not use are ignored (one params section can serve variants of both kinds);
     - a list of dicts: one per block, or a pattern repeated over the blocks like the mixer names.
     Anything else is a ValueError naming the culprit."""
     depth = len(mixers)
@@ -100,7 +101,7 @@ def block_mixer_kwargs(mixers: list[str], mixer_kwargs) -> list[dict]:
         for i, kw in enumerate(mixer_kwargs):
             if not isinstance(kw, dict):
                 raise ValueError(f"mixer_kwargs[{i}] must be a dict of mixer arguments, got {type(kw).__name__}")
-        return [dict(kw) for kw in mixer_kwargs] * (depth // len(mixer_kwargs))
+        return [dict(mixer_kwargs[i % len(mixer_kwargs)]) for i in range(depth)]
     if not isinstance(mixer_kwargs, dict):
         raise ValueError(f"mixer_kwargs must be a dict or a list of dicts, got {type(mixer_kwargs).__name__}")
     nested = [k for k, v in mixer_kwargs.items() if isinstance(v, dict)]
@@ -110,9 +111,8 @@ def block_mixer_kwargs(mixers: list[str], mixer_kwargs) -> list[dict]:
                          f"({', '.join(flat)}); use one form")
     if nested:  # keyed by mixer name
         for k in nested:
-            if k not in mixers:
-                raise ValueError(f"mixer_kwargs: unknown mixer key '{k}' (mixers of this model: "
-                                 f"{', '.join(sorted(set(mixers)))})")
+            if k not in MIXERS:
+                raise ValueError(f"mixer_kwargs: unknown mixer key '{k}' (known mixers: {', '.join(sorted(MIXERS))})")
         return [dict(mixer_kwargs.get(m, {})) for m in mixers]
     return [dict(mixer_kwargs) if m != "attention" else {} for m in mixers]
 
