@@ -192,6 +192,12 @@ def test_per_block_mixer_kwargs_reach_each_block():
     # one dict per block, and a repeating pattern of dicts
     m = create_model("DiT-M/8", depth=4, mixer="pom", mixer_kwargs=[{"degree": d} for d in (1, 2, 3, 4)])
     assert [b.attn.degree for b in m.blocks] == [1, 2, 3, 4]
+    # one mixer name per block, with one dict per block
+    names = ["pom", "attention", "attention", "pom"]
+    m = create_model("DiT-M/8", depth=4, mixer=names, mixer_kwargs=[{"degree": 3}, {}, {"qkv_bias": False}, {}])
+    assert m.mixers == names and [b.attn.mixer_name for b in m.blocks] == names
+    assert (m.blocks[0].attn.degree, m.blocks[3].attn.degree) == (3, 2)  # block 3 keeps the default
+    assert m.blocks[1].attn.qkv.bias is not None and m.blocks[2].attn.qkv.bias is None
     m = create_model("DiT-M/8", depth=4, mixer=mix, mixer_kwargs=[{"qkv_bias": False}, {"expand": 1}])
     assert [b.attn.qkv.bias is None for b in m.blocks[::2]] == [True, True]
     assert [b.attn.expand for b in m.blocks[1::2]] == [1, 1]
