@@ -1,5 +1,5 @@
 """common.models: the DiT registry matches the official parameter counts; adaLN-Zero, frozen positions,
-learned sigma, feature taps, attention logits, FLOPs; the `paper` preset of papers/dit still builds."""
+learned sigma, attention logits, FLOPs; the `paper` preset of papers/dit still builds."""
 from pathlib import Path
 
 import pytest
@@ -150,15 +150,14 @@ def test_flops_match_hand_count_of_linear_layers():
     assert f["gmacs"] == pytest.approx(macs / 1e9)
 
 
-def test_return_features_and_attention_logits():
+def test_attention_logits_through_ctx():
     model = create_model("DiT-M/4", depth=3, hidden_size=32, num_heads=2)
     x, t, y = _inputs(model, 2)
     ctx = MixerContext(frames=1, height=model.grid, width=model.grid, attn_logits=[])
-    out, feats = model(x, t, y, ctx=ctx, return_features=True)
+    out = model(x, t, y, ctx=ctx)
     assert out.shape == (2, 2, 32, 32)
-    assert len(feats) == 3 and all(f.shape == (2, 64, 32) for f in feats)
     assert len(ctx.attn_logits) == 3 and all(a.shape == (2, 2, 64, 64) for a in ctx.attn_logits)
-    assert torch.equal(model(x, t, y), out)  # taps do not change the output
+    assert torch.equal(model(x, t, y), out)  # collecting logits does not change the output
 
 
 def test_per_frame_timesteps_video_shape():

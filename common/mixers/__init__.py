@@ -13,6 +13,11 @@ frame at a time (`state=None` to start); running `step` over the frames of a seq
 block-causal parallel forward. Mixers that compute attention maps append their pre-softmax logits
 `(B, heads, N, N)` to `ctx.attn_logits` when it is a list (for REPA/HASTE-style alignment).
 
+A mixer sees tokens and `ctx` only. One that needs the conditioning (timestep, class) gets it from its
+block: a paper's own block (`DiT(block=...)`, common.models.dit) reads what it needs from the `Cond`
+object it receives and passes it on. The DiT's `mixer_kwargs` reach the mixers' constructors as one
+dict for every non-attention mixer, a dict keyed by mixer name, or one dict per block.
+
 Register new mixers with `@register("name")`.
 """
 from __future__ import annotations

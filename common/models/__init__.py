@@ -2,13 +2,14 @@
 
 Paper sizes use the ImageNet-256 latent configuration (32x32x4 input, 1000 classes, learned sigma);
 tiny presets use 32x32x1 digits and 10 classes. Every entry accepts constructor overrides, e.g.
-`create_model("DiT-XL/2", depth=2)` builds a reduced copy for tests, or `mixer="pom"` for DiPoM.
+`create_model("DiT-XL/2", depth=2)` builds a reduced copy for tests, `mixer="pom"` DiPoM, or
+`block=MyBlock` a paper's own block (see common.models.dit); `register_family` names such a family.
 """
 from __future__ import annotations
 
 from functools import partial
 
-from .dit import DiT, DiTBlock, FinalLayer
+from .dit import Cond, DiT, DiTBlock, FinalLayer, block_mixer_kwargs
 
 PAPER_SIZES = {  # name: (depth, hidden, heads) -- DiT paper Table 1
     "S": (12, 384, 6),
@@ -53,4 +54,5 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["DiT", "DiTBlock", "FinalLayer", "MODELS", "create_model", "count_params", "register_family"]
+__all__ = ["Cond", "DiT", "DiTBlock", "FinalLayer", "MODELS", "block_mixer_kwargs", "count_params", "create_model",
+           "register_family"]
