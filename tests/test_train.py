@@ -66,7 +66,10 @@ def _run(out, steps, *extra, variant="sit"):
 
 
 def _ckpt(out) -> dict:
-    return torch.load(Path(out) / "ckpt" / "latest.pt", weights_only=True)
+    """A run's latest checkpoint without its wall-clock bookkeeping ("stats": seconds, images timed)."""
+    ck = torch.load(Path(out) / "ckpt" / "latest.pt", weights_only=True)
+    ck.pop("stats")
+    return ck
 
 
 def _assert_same(a, b, path="", exact=True, atol=1e-5):
