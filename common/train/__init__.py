@@ -212,17 +212,17 @@ def init_from_run(run_dir: str, which: str, model: torch.nn.Module, terms: torch
     except (CheckpointError, KeyError) as e:
         raise CheckpointError(f"train.init_from: {e}") from e
     report = {"from": src.as_posix(), "weights": which, "step": int(ck["step"])}
-    loaded = 0
+    loaded = {}
     for prefix, module, sd in (("", model, state), ("losses.", terms, ck.get("losses") or {})):
         r = load_matching(module, sd)
-        loaded += r.pop("loaded") if module is model else 0
+        loaded[prefix] = r.pop("loaded")
         for k, keys in r.items():
             report.setdefault(k, []).extend(prefix + key for key in keys)
-    if loaded == 0:
+    if loaded[""] == 0:
         raise CheckpointError(f"train.init_from: no tensor of {path} fits the model '{model.__class__.__name__}' "
                               f"({len(report['shape_mismatch'])} shape mismatches, {len(report['dropped_keys'])} "
                               f"unknown keys)")
-    report["loaded"] = loaded
+    report["loaded"] = sum(loaded.values())
     return report
 
 

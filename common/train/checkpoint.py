@@ -30,12 +30,22 @@ def save_atomic(obj: dict, path: str | Path) -> None:
         raise
 
 
+def _reason(e: Exception) -> str:
+    """torch.load's error on one line. Its weights-only advice (load with weights_only=False) is wrong for a
+    corrupt file, so only the unpickler's own reason is kept."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        lines = [ln for ln in lines[1:] if not ln.startswith(("Please file", "Check the documentation"))]
+        lines = lines or ["not plain data"]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def load(path: str | Path) -> dict:
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({_reason(e)})") from e
     missing = {"model", "ema", "step", "config"} - set(ckpt) if isinstance(ckpt, dict) else {"<dict>"}
     if missing:
         raise CheckpointError(f"checkpoint {path} is incompatible: missing {sorted(missing)}")
