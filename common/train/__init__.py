@@ -508,12 +508,13 @@ def _diff_keys(a: dict, b: dict, prefix: str = ""):
             yield prefix + k
 
 
-def load_for_sampling(run_dir: str | Path, use_ema: bool = True):
-    """(model in eval mode, RunConfig) from a run directory's latest checkpoint."""
+def load_for_sampling(run_dir: str | Path, use_ema: bool = True, checkpoint: str | Path | None = None):
+    """(model in eval mode, RunConfig, step) from a run directory's latest checkpoint, or from `checkpoint`
+    (e.g. a kept ckpt/step_<N>.pt)."""
     from common import data as data_mod
     from common.config import from_dict
 
-    path = Path(run_dir) / "ckpt" / "latest.pt"
+    path = Path(checkpoint) if checkpoint is not None else Path(run_dir) / "ckpt" / "latest.pt"
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: train the run first")
     ck = load(path)
