@@ -300,35 +300,12 @@ def test_resume_repairs_logs_cut_short_by_a_kill(tmp_path):
 
 
 # ---- extra loss terms ---------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-from typing import ClassVar  # noqa: E402
-
+from loss_terms import Probe  # noqa: E402  (registers the "probe" term)
 from torch import nn  # noqa: E402
 
-from common.losses import LossConfig, LossTerm, register_loss  # noqa: E402
 from common.mixers import MixerContext  # noqa: E402
 from common.models import create_model  # noqa: E402
 from common.train import compute_losses  # noqa: E402
-
-
-@register_loss("probe")
-class Probe(LossTerm):
-    """||P h_k||^2 averaged over tokens: a term with its own parameters (P) on a tapped block output."""
-
-    @dataclass
-    class Config(LossConfig):
-        block: int = 0
-        dim: int = 4
-        ranges: ClassVar[dict] = {**LossConfig.ranges, "dim": (1, None)}
-
-    def __init__(self, cfg, model):
-        super().__init__(cfg, model)
-        self.tap_blocks = (cfg.block,)
-        self.proj = nn.Linear(model.pos_embed.shape[-1], cfg.dim, bias=False)
-
-    def forward(self, ctx):
-        return self.proj(ctx.features[self.cfg.block]).pow(2).sum(-1).mean(-1)  # (B,)
-
 
 PROBE = ["losses.probe.weight=0.3", "losses.probe.block=1", "losses.probe.dim=4"]
 
@@ -428,6 +405,20 @@ def test_term_is_trained_saved_and_resumed_bit_identically(tmp_path):
     for loss, mse, probe in zip(*cols):
         assert abs(loss - (mse + 0.3 * probe)) < 1e-5
     assert json.loads((tmp_path / "straight" / "train.json").read_text())["losses"] == {"probe": 0.3}
+
+
+def test_losses_section_merges_per_variant_and_round_trips():
+    from common.config import from_dict, resolve
+
+    params = {"losses": {"probe": {"weight": 0.5}},
+              "variants": {"a": {}, "b": {"losses": {"probe": {"dim": 8}}}, "c": {"losses": {"probe": None}}}}
+    a, b = resolve(params, "toy", "a"), resolve(params, "toy", "b")
+    assert a.losses == {"probe": Probe.Config(weight=0.5)}
+    assert b.losses == {"probe": Probe.Config(weight=0.5, dim=8)}       # the variant adds to the base section
+    assert b.to_dict()["losses"] == {"probe": {"weight": 0.5, "block": 0, "dim": 8}}
+    assert from_dict(b.to_dict()) == b
+    assert resolve(params, "toy", "c").losses == {"probe": Probe.Config()}  # `probe:` alone: its defaults
+    assert resolve({"variants": {"a": {}}}, "toy", "a").losses == {}
 
 
 @pytest.mark.parametrize("sets, culprit", [
@@ -602,3 +593,19 @@ def test_old_run_json_without_new_keys_still_resumes(tmp_path):
         old["train"].pop(k)
     (tmp_path / "run.json").write_text(json.dumps(old))
     assert _run(tmp_path, 3) == 0 and _ckpt(tmp_path)["step"] == 3
+
+
+def test_ddp_with_a_term_equals_one_process(tmp_path):
+    """The term's gradients are averaged over the processes like the model's (DDP does not see the term)."""
+    steps = 4
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "loss_terms.py"), *_argv(out, steps, *PROBE)]
+    res = subprocess.run(cmd, cwd=ROOT, env=dict(_env(), PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _run(tmp_path / "one", steps, *PROBE) == 0
+    ck, ref = _ckpt(out), _ckpt(tmp_path / "one")
+    for key in ("model", "ema", "losses"):
+        _assert_same(ck[key], ref[key], key, exact=False)
+    _assert_same(ck["opt"]["state"], ref["opt"]["state"], "opt", exact=False)
