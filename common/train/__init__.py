@@ -369,8 +369,8 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
 
     # ---- commit: only now is another config's run removed
     if rank == 0:
-        if restart:
-            for p in [ckpt_path, *(p for _, p in kept_checkpoints(ckpt_dir))]:
+        if restart:  # the other config's checkpoints and summary (its DVCLive logs go below, at step 0)
+            for p in [ckpt_path, *(p for _, p in kept_checkpoints(ckpt_dir)), out / "train.json"]:
                 p.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         run_json.write_text(json.dumps(cfg_dict, indent=2))
@@ -467,13 +467,13 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
                         kept_path(ckpt_dir, step))
         if step % tc.ckpt_every == 0 or step == tc.steps:
             if rank == 0:
-                ck = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                      "step": step, "rng": _rng_state(), "config": cfg_dict, "stats": dict(stats)}
+                state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                         "step": step, "rng": _rng_state(), "config": cfg_dict, "stats": dict(stats)}
                 if len(terms):
-                    ck["losses"] = terms.state_dict()
+                    state["losses"] = terms.state_dict()
                 if init_report:
-                    ck["init"] = init_report
-                save_atomic(ck, ckpt_path)
+                    state["init"] = init_report
+                save_atomic(state, ckpt_path)
             if world > 1:
                 dist.barrier()
     progress.close()
