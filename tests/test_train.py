@@ -127,11 +127,15 @@ def test_determinism_and_outputs(tmp_path, tmp_path_factory):
                            a["model"]["final_layer.linear.weight"])
 
 
-def test_sigkill_resume_is_bit_identical(tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("term", [False, True], ids=["plain", "with-a-loss-term"])
+def test_sigkill_resume_is_bit_identical(tmp_path, tmp_path_factory, term):
     steps = 40
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipelines.train", *_argv(out, steps)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    extra = PROBE if term else ()
+    main = [str(ROOT / "tests" / "loss_terms.py")] if term else ["-m", "pipelines.train"]  # the former knows "probe"
+    cmd = [sys.executable, *main, *_argv(out, steps, *extra)]
+    env = dict(_env(), PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = out / "ckpt" / "latest.pt"
     deadline = time.time() + 120
     try:
@@ -147,11 +151,15 @@ def test_sigkill_resume_is_bit_identical(tmp_path, tmp_path_factory):
     killed_at = _ckpt(out)["step"]
     assert 1 <= killed_at < steps, f"the run was not interrupted (step {killed_at})"
 
-    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"resuming {out} from step" in res.stdout
-    ref = _reference(tmp_path_factory, steps)
-    _assert_same(_ckpt(out), _ckpt(ref))  # model, EMA, optimizer, RNG, step: bit for bit
+    if term:
+        ref = tmp_path / "straight"
+        assert _run(ref, steps, *extra) == 0
+    else:
+        ref = _reference(tmp_path_factory, steps)
+    _assert_same(_ckpt(out), _ckpt(ref))  # model, EMA, optimizer, loss term, RNG, step: bit for bit
     rows = (out / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().split()
     assert [int(s) for s in rows[2::2]] == list(range(1, steps + 1))  # no duplicate or missing log rows
     assert rows == (ref / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().split()
