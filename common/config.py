@@ -8,6 +8,7 @@ A paper's params file looks like::
     diffusion: {objective: flow}
     train: {steps: 4000, batch_size: 64, ...}
     sample: {num_samples: 2000, sampler: euler, steps: 50, cfg_scale: 2.0}
+    losses: {repa: {weight: 0.5}}  # optional extra loss terms (common.losses), each with its own keys
     variants:                      # each variant overrides the base sections
       sit: {diffusion: {objective: flow}}
       dit: {diffusion: {objective: ddpm}, sample: {sampler: ddim}}
@@ -83,6 +84,9 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
     threads: int = 0                # torch.set_num_threads; 0 leaves the default
+    init_from: str = ""             # a run directory whose weights start this run (fine-tuning); "" = none
+    init_weights: str = "ema"       # ema | model: which weights of init_from's ckpt/latest.pt
+    keep_every: int = 0             # > 0 also keeps ckpt/step_<N>.pt every N steps (0: only latest.pt)
 
 
 @dataclass
@@ -111,6 +115,7 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    losses: dict = field(default_factory=dict)  # {term name: its Config} (common.losses); {} = none
 
     def __post_init__(self):
         d, s = self.diffusion, self.sample
@@ -129,7 +134,7 @@ _RANGES = {
     "train.steps": (1, None), "train.batch_size": (1, None), "train.lr": (0.0, 1.0),
     "train.ema_decay": (0.0, 1.0), "train.grad_clip": (0.0, None), "train.log_every": (1, None),
     "train.ckpt_every": (1, None), "train.warmup_steps": (0, None), "train.threads": (0, None),
-    "train.weight_decay": (0.0, None),
+    "train.weight_decay": (0.0, None), "train.keep_every": (0, None),
     "sample.num_samples": (1, None), "sample.batch_size": (1, None), "sample.steps": (1, None),
     "sample.cfg_scale": (0.0, None), "sample.grid": (0, None), "sample.cfg_channels": (0, None),
     "diffusion.num_timesteps": (2, None), "data.frames": (1, None),
@@ -137,6 +142,7 @@ _RANGES = {
 }
 _CHOICES = {
     "train.precision": ("fp32", "bf16"),
+    "train.init_weights": ("ema", "model"),
     "diffusion.objective": ("flow", "ddpm"),
     "diffusion.prediction": ("", "eps", "v", "velocity"),
     "diffusion.t_sampling": ("uniform", "logit_normal"),
@@ -161,11 +167,26 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def _build_losses(data: Any, key: str) -> dict:
+    """`losses: {name: {weight: w, ...}}` -> {name: the term's validated Config} (terms: common.losses)."""
+    from common.losses import LOSSES  # imported here: the registry module needs torch
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"params key '{key}' must be a mapping of loss term names to their keys, got {data!r}")
+    out = {}
+    for name, section in data.items():
+        if name not in LOSSES:
+            raise ConfigError(f"unknown loss term '{key}.{name}' (known: {', '.join(sorted(LOSSES)) or 'none registered'})")
+        out[name] = _build(LOSSES[name].Config, {} if section is None else section, f"{key}.{name}.")
+    return out
+
+
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(f"params key '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    ranges = getattr(cls, "ranges", {})  # a loss term's Config declares its own (common.losses)
     kwargs = {}
     for k, v in data.items():
         key = prefix + k
@@ -174,12 +195,14 @@ def _build(cls, data: dict, prefix: str):
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             kwargs[k] = _build(tp, v, key + ".")
+        elif key == "losses":
+            kwargs[k] = _build_losses(v, key)
         else:
             if isinstance(tp, types.UnionType):
                 tp = typing.get_args(tp)[0]
             v = _check_type(key, v, tp)
-            if key in _RANGES:
-                lo, hi = _RANGES[key]
+            if key in _RANGES or k in ranges:
+                lo, hi = _RANGES.get(key) or ranges[k]
                 if (lo is not None and v < lo) or (hi is not None and v > hi):
                     raise ConfigError(f"params key '{key}' = {v!r} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
             if key in _CHOICES and v not in _CHOICES[key]:
@@ -226,7 +249,7 @@ def load_params(path: str | Path) -> dict:
     return data
 
 
-RUN_SECTIONS = ("data", "model", "diffusion", "train", "sample")
+RUN_SECTIONS = ("data", "model", "diffusion", "train", "sample", "losses")
 
 
 def resolve(params: dict, paper: str, variant: str, sets: dict | None = None) -> RunConfig:

@@ -1,13 +1,15 @@
 """Stage: aggregate a paper's per-run evaluations into `papers/<p>/results/metrics.json`.
 
-    python -m pipelines.results <paper> --runs runs/<paper> --out papers/<paper>/results/metrics.json
+    python -m pipelines.results <paper> [--runs papers/<paper>/results/runs] [--out papers/<paper>/results/metrics.json]
 
 Reads every `<runs>/<variant>/s<seed>/eval.json` (+ train.json) and writes one row per variant: metrics
 averaged over seeds, `fid_std` = std over seeds (ddof=1; null with one seed), the seed list, and the
 protocol (which must agree across seeds). Copies `<variant>_grid.png` from the first seed's grid.png
 beside the output, takes TITLE / ARXIV from `papers.<paper>` and calls its `claims(rows, extra)` when
 defined (extra = {"bench": papers/<p>/results/bench.json or None}). The result is schema-validated.
-Paths written are relative to the current directory (the repo root under DVC).
+Paths written are relative to the current directory (the repo root under DVC). The per-run files are
+read from their committed copies (`papers/<p>/results/runs/`, written by the `collect` stage), so this
+stage runs on a fresh clone without the DVC cache and without training.
 
 Beside metrics.json it writes `README.md` (GitHub shows it when the folder is opened): the same rows and
 claims as tables, and the CPU time every variant cost (training and sampling, per seed and in total),
@@ -107,7 +109,7 @@ def aggregate_variant(variant: str, seeds: list[tuple[int, dict, dict, Path]]) -
 def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = None) -> dict:
     runs = collect_runs(runs_dir)
     if not runs:
-        raise ResultsError(f"no '<variant>/s<seed>/eval.json' under '{runs_dir}'. Fix: run the evaluate stage")
+        raise ResultsError(f"no '<variant>/s<seed>/eval.json' under '{runs_dir}'. Fix: run the evaluate and collect stages")
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -211,12 +213,12 @@ def summary_markdown(doc: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paper")
-    ap.add_argument("--runs", help="runs directory (default runs/<paper>)")
+    ap.add_argument("--runs", help="per-run files (default papers/<paper>/results/runs)")
     ap.add_argument("--out", help="output file (default papers/<paper>/results/metrics.json)")
     ap.add_argument("--notebooks", nargs="*", default=None,
                     help="notebook names to link (<out dir>/notebooks/<name>.html); default: the existing ones")
     args = ap.parse_args(argv)
-    runs = Path(args.runs or f"runs/{args.paper}")
+    runs = Path(args.runs or f"papers/{args.paper}/results/runs")
     out = Path(args.out or f"papers/{args.paper}/results/metrics.json")
     try:
         doc = build(args.paper, runs, out, args.notebooks)

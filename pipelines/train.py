@@ -4,7 +4,9 @@
     torchrun --standalone --nproc_per_node=2 -m pipelines.train <paper> <variant> ...
 
 Reads `papers/<paper>/params.yaml` (base <- preset <- variant <- --set), trains or resumes in DIR
-(default `runs/<paper>/<variant>/s<seed>`). Re-running the same command after a crash resumes.
+(default `runs/<paper>/<variant>/s<seed>`). Re-running the same command after a crash resumes; re-running
+a finished run changes nothing. `--set train.init_from=<run dir>` starts from that run's weights (under
+DVC, list `<run dir>/ckpt` in the stage's deps).
 """
 from __future__ import annotations
 
@@ -46,8 +48,9 @@ def main(argv=None):
     cfg = config_from_args(args)
     out = args.out or f"runs/{cfg.paper}/{cfg.variant}/s{cfg.train.seed}"
     summary = train(cfg, out, on_mismatch=args.on_mismatch)
+    loss = summary.get("final_loss")  # unknown (None) for a finished run whose train.json had to be rebuilt
     print(f"trained {cfg.paper}/{cfg.variant} seed {cfg.train.seed}: {summary['train_steps']} steps, "
-          f"final loss {summary['final_loss']:.4f}, {summary['params']:,} params -> {out}")
+          f"final loss {'?' if loss is None else f'{loss:.4f}'}, {summary['params']:,} params -> {out}")
 
 
 if __name__ == "__main__":
