@@ -7,7 +7,7 @@ For each name, the paper's own `papers/<paper>/notebooks/<name>.ipynb`, else the
 injected, wherever the notebook declares them in its `parameters` cell:
 
     paper    = <paper>
-    runs_dir = runs/<paper>
+    runs_dir = papers/<paper>/results/runs (the committed per-run files)
     metrics  = papers/<paper>/results/metrics.json
     out_dir  = papers/<paper>/results          (figures land in <out_dir>/figures/)
 
@@ -81,7 +81,7 @@ def parse_params(items: list[str]) -> dict:
 def default_params(paper: str) -> dict:
     """The parameters every notebook gets unless overridden (paths relative to the repo root)."""
     results = f"papers/{paper}/results"
-    return {"paper": paper, "runs_dir": f"runs/{paper}", "metrics": f"{results}/metrics.json",
+    return {"paper": paper, "runs_dir": f"papers/{paper}/results/runs", "metrics": f"{results}/metrics.json",
             "out_dir": results}
 
 

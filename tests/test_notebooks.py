@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_runs(root):
-    """runs/toy/{a,b}/s{0,1} with samples + loss.tsv, a video run, metrics.json and a bench JSON."""
+    """papers/toy/results/runs/{a,b}/s{0,1} with samples + loss.tsv, a video run, metrics.json and a bench JSON."""
     rng = np.random.default_rng(0)
     for v in ("a", "b"):
         for s in (0, 1):
-            d = root / "runs" / "toy" / v / f"s{s}"
+            d = root / "papers" / "toy" / "results" / "runs" / v / f"s{s}"
             (d / "dvclive" / "plots" / "metrics" / "train").mkdir(parents=True)
             np.savez(d / "samples.npz", arr_0=rng.integers(0, 255, (9, 8, 8, 1), dtype=np.uint8),
                      labels=np.arange(9, dtype=np.int64))
@@ -28,15 +28,16 @@ def fake_runs(root):
             steps = np.arange(0, 200, 10)
             lines = "".join(f"{t}\t{1.0 / (1 + t / 50) + 0.05 * rng.random():.4f}\n" for t in steps)
             (d / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").write_text("step\tloss\n" + lines)
-    (root / "runs" / "toy" / "a" / "s0" / "dvclive" / "plots" / "metrics" / "eval").mkdir()
-    (root / "runs" / "toy" / "a" / "s0" / "dvclive" / "plots" / "metrics" / "eval" / "fid.tsv").write_text(
+    evals = root / "papers" / "toy" / "results" / "runs" / "a" / "s0" / "dvclive" / "plots" / "metrics" / "eval"
+    evals.mkdir()
+    (evals / "fid.tsv").write_text(
         "step\tfid\n100\t50.0\n200\t30.0\n")
     vid = root / "runs" / "vid" / "v" / "s0"
     vid.mkdir(parents=True)
     np.savez(vid / "samples.npz", arr_0=rng.integers(0, 255, (3, 5, 8, 8, 1), dtype=np.uint8),
              labels=np.arange(3, dtype=np.int64))
     res = root / "papers" / "toy" / "results"
-    res.mkdir(parents=True)
+    res.mkdir(parents=True, exist_ok=True)
     (res / "metrics.json").write_text(json.dumps({
         "paper": "toy", "title": "Toy", "arxiv": "0000.00000", "preset": "tiny", "dataset": "mnist5k",
         "toy_scale": True,
@@ -91,7 +92,7 @@ def test_notebook_executes_with_injected_params(executed, name):
     text = stdout(nb)
     if name == "samples":  # the variants parameter selects and orders the grids
         assert 'variants = ["b", "a"]' in src and "variants shown: ['b', 'a']" in text
-        assert "runs/toy/b/s0" in text  # first seed
+        assert "papers/toy/results/runs/b/s0" in text  # first seed
     if name == "curves":
         assert "smooth = 0.5" in src and "loss EMA smoothing 0.5" in text
         assert "{'b': 2, 'a': 2}" in text  # all seeds of both variants, in the order asked for
@@ -180,7 +181,7 @@ def test_curves_plot_every_kept_checkpoint(tmp_path):
     from common.report import notebooks as nb
 
     fake_runs(tmp_path)
-    root = tmp_path / "runs" / "toy"
+    root = tmp_path / "papers" / "toy" / "results" / "runs"
     _eval_steps(root / "a" / "s0", (30.0, 20.0, 10.0), (0.2, 0.5, 0.9))
     _eval_steps(root / "a" / "s1", (50.0, 40.0, 30.0), (0.4, 0.7, 0.7))
     curves = nb.load_curves(root, ["a", "b"])
