@@ -17,8 +17,10 @@ def _sample_seed(seed: int, i: int) -> int:
 
 @torch.no_grad()
 def generate(model, cfg, num_samples: int | None = None, indices=None, progress: bool = True,
-             video_mode: str = "parallel"):
-    """Returns (images float in [-1, 1] (N, C, H, W) or (N, F, C, H, W), labels (N,), seconds)."""
+             video_mode: str = "parallel", clamp: bool = True):
+    """Returns (images float in [-1, 1] (N, C, H, W) or (N, F, C, H, W), labels (N,), seconds).
+
+    `clamp=False` keeps the raw samples: latents are decoded by their codec, not clamped."""
     sc = cfg.sample
     objective = create_objective(cfg.diffusion.objective, num_timesteps=cfg.diffusion.num_timesteps,
                                  learn_sigma=cfg.diffusion.learn_sigma)
@@ -48,7 +50,7 @@ def generate(model, cfg, num_samples: int | None = None, indices=None, progress:
                                   sampler=sc.sampler, seeds=seeds)
         else:
             x = objective.sample(denoiser, noise, y, sampler=sc.sampler, steps=sc.steps, seeds=seeds)
-        outs.append(x.clamp(-1, 1))
+        outs.append(x.clamp(-1, 1) if clamp else x)
         labels.append(y)
         if bar is not None:
             bar.update(len(chunk))
