@@ -1,5 +1,11 @@
 """The latent codec: SD-VAE through diffusers' AutoencoderKL (a tiny random one, built from a config),
 the identity codec of pixel datasets, the registry that names each dataset's codec, bad input."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +90,30 @@ def test_latents_of_another_codec_are_refused(tmp_path):
                                              "'sd-vae-ft-ema'"):
         data.load("imagenet", "train", root=str(tmp_path))
     assert len(load_latents(path)) == 2  # no codec asked: read as they are
+
+
+def test_missing_codec_weights_one_line_with_the_fix(tmp_path):
+    """Offline, with neither <root>/codecs/sd-vae-ft-ema nor a hub cache: one line naming both and the fix."""
+    from PIL import Image
+
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "images" / "a" / "0.png")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "pipelines.prepare", "imagenet", "--images", str(tmp_path / "images"),
+                          "--root", str(tmp_path / "data")], cwd=Path(__file__).resolve().parent.parent, env=env,
+                         capture_output=True, text=True, timeout=300)
+    err = res.stderr.strip()
+    assert res.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for needle in ("codec 'sd-vae-ft-ema'", str(Path("data") / CODEC_DIR / "sd-vae-ft-ema"),
+                   "'stabilityai/sd-vae-ft-ema'", "Fix:", "save_pretrained"):
+        assert needle in err, err
+    assert not (tmp_path / "data" / "imagenet").exists()
+
+
+def test_pixel_datasets_need_no_preparation(tmp_path, capsys):
+    from pipelines import prepare
+
+    with pytest.raises(SystemExit) as e:
+        prepare.main(["mnist5k", "--images", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "error: dataset 'mnist5k' is stored as pixels (codec 'identity'): nothing to prepare"

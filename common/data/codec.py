@@ -136,7 +136,7 @@ def load_codec(name: str, root: str | Path = "data", device: str | torch.device 
             warnings.simplefilter("ignore")
             vae = AutoencoderKL.from_pretrained(source, low_cpu_mem_usage=False)
     except Exception as e:  # noqa: BLE001 - any failure to load ends in the same fix
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = (str(e).strip().splitlines() or [""])[0][:200].rstrip(".")
         if source == str(local):
             raise CodecError(f"codec '{name}': {local} is unreadable ({type(e).__name__}: {reason})") from e
         raise CodecError(
