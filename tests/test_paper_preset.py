@@ -105,3 +105,55 @@ def test_paper_preset_prepare_train_sample_decode_evaluate(tmp_path, imagefolder
     assert np.isfinite(res["fid"]) and res["fid"] >= 0 and res["fid_samples"] == 12
     assert (res["fid_features"], res["codec"], res["dataset"], res["preset"]) == (
         "mnist-cnn", "sd-vae-ft-ema", "imagenet", "paper")
+
+
+def _random_inception_weights(path, monkeypatch):
+    """A weights file for torch-fidelity's InceptionV3 with random (torch default) initialisation: the
+    real network and loading path, without the download."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    torch.save({}, path)
+    with monkeypatch.context() as m:
+        m.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    torch.save(net.state_dict(), path)
+
+
+def test_inception_space_where_the_weights_exist(tmp_path, monkeypatch):
+    """For an ImageNet run, evaluate finds Inception in `--inception DIR` and reads ADM's reference batch
+    format (uint8 images `arr_0`, features computed here). (FID itself is not computed: a 2048-d sqrtm
+    takes a minute on a shared CPU core; frechet_distance has its own tests.)"""
+    import argparse
+
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    inc = tmp_path / "inception"
+    inc.mkdir()
+    _random_inception_weights(inc / INCEPTION_FILE, monkeypatch)
+    batch = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    np.savez(inc / "imagenet.npz", arr_0=batch)
+    args = argparse.Namespace(inception=str(inc), inception_weights=None, featnet=None)
+    assert evaluate.feature_space("auto", "imagenet") == INCEPTION_SPACE
+    net, ref, net_id = evaluate.load_space(INCEPTION_SPACE, "imagenet", args)
+    assert net_id.startswith(f"{INCEPTION_SPACE}@") and ref["reference"] == "imagenet/imagenet.npz"
+    assert ref["features"].shape == (4, 2048) and np.array_equal(ref["features"], net.extract(batch))
+    assert not hasattr(net, "classify")
+
+
+def test_a_feature_net_without_classifier_leaves_class_consistency_null(tmp_path):
+    class FeaturesOnly:  # what InceptionNet offers: extract, no classify
+        def extract(self, images):
+            return np.asarray(images, np.float64).reshape(len(images), -1)[:, :6]
+
+    rng = np.random.default_rng(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / "samples.npz", arr_0=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
+             labels=np.arange(8, dtype=np.int64))
+    (run / "train.json").write_text(json.dumps({"dataset": "imagenet", "preset": "paper"}))
+    (run / "samples.json").write_text(json.dumps({"codec": "sd-vae-ft-ema"}))
+    feats = FeaturesOnly().extract(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
+    ref = dict(zip(("mu", "sigma"), feature_stats(feats)), features=feats, reference="imagenet/ref")
+    res = evaluate.evaluate_run(run, FeaturesOnly(), ref, "stand-in", INCEPTION_SPACE)
+    assert res["class_consistency"] is None and np.isfinite(res["fid"])
+    assert (res["fid_features"], res["codec"], res["reference"]) == (INCEPTION_SPACE, "sd-vae-ft-ema", "imagenet/ref")
