@@ -202,8 +202,6 @@ class InceptionNet:
     uint8 images (N, H, W[, C]) -> 2048-d pool features (N, 2048) float64 (grey is repeated to RGB,
     resizing to 299 happens inside). `weights_path=None` downloads the weights (needs a network)."""
 
-    feature_space = INCEPTION_SPACE
-
     def __init__(self, weights_path: str | None = None, batch_size: int = 100):
         import torch
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
@@ -213,8 +211,9 @@ class InceptionNet:
                                                    feature_extractor_weights_path=weights_path)
         except Exception as e:
             raise MetricsError(
-                f"Inception weights are not available ({type(e).__name__}: {e}). The 'inception' feature space "
-                f"needs {URL_INCEPTION_V3}; download it where there is a network and pass its path or set "
+                f"Inception weights are not available ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}). "
+                f"The 'inception' feature space needs {URL_INCEPTION_V3}; download it where there is a network "
+                f"and pass its path or set "
                 f"${INCEPTION_ENV}, or put it in {Path(torch.hub.get_dir()) / 'checkpoints'}. "
                 f"The 'mnist-cnn' feature space needs no download.") from e
         self.batch_size = batch_size
