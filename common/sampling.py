@@ -5,12 +5,20 @@ batch size or on how many processes share the work. The objective, its parameter
 and the time grid come from the run's `diffusion` and `sample` sections (`common.diffusion`)."""
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
 
 from common.config import ConfigError
-from common.diffusion import CFGDenoiser, check_sampler, objective_from_config, per_sample_noise, sample
+from common.diffusion import (
+    CFGDenoiser,
+    check_sampler,
+    get_sampler,
+    objective_from_config,
+    per_sample_noise,
+    sample,
+)
 from common.seeding import SAMPLE_NOISE, derive_seed
 
 
@@ -20,8 +28,10 @@ def _sample_seed(seed: int, i: int) -> int:
 
 @torch.no_grad()
 def generate(model, cfg, num_samples: int | None = None, indices=None, progress: bool = True,
-             video_mode: str = "parallel"):
-    """Returns (images float in [-1, 1] (N, C, H, W) or (N, F, C, H, W), labels (N,), seconds)."""
+             video_mode: str = "parallel", clamp: bool = True):
+    """Returns (images float in [-1, 1] (N, C, H, W) or (N, F, C, H, W), labels (N,), seconds).
+
+    `clamp=False` keeps the raw samples: latents are decoded by their codec, not clamped."""
     sc = cfg.sample
     objective = objective_from_config(cfg.diffusion)
     check_sampler(cfg.diffusion.objective, sc.sampler)
@@ -37,6 +47,9 @@ def generate(model, cfg, num_samples: int | None = None, indices=None, progress:
     if model.frames:
         shape = (sc.frames or model.frames,) + shape
     denoiser = CFGDenoiser(model, sc.cfg_scale, sc.cfg_channels)
+    # latents are not pixels: the DDPM samplers must not clip their x0 estimate to [-1, 1] either
+    options = {} if clamp or "clip" not in inspect.signature(get_sampler(objective.name, sc.sampler).fn).parameters \
+        else {"clip": False}
     chunks = [indices[i : i + sc.batch_size] for i in range(0, len(indices), sc.batch_size)]
     bar = None
     if progress:
@@ -56,8 +69,8 @@ def generate(model, cfg, num_samples: int | None = None, indices=None, progress:
                                   sampler=sc.sampler, seeds=seeds, grid=sc.time_grid, shift=sc.shift)
         else:
             x = sample(objective, denoiser, noise, y, sampler=sc.sampler, steps=sc.steps, grid=sc.time_grid,
-                       shift=sc.shift, seeds=seeds)
-        outs.append(x.clamp(-1, 1))
+                       shift=sc.shift, seeds=seeds, **options)
+        outs.append(x.clamp(-1, 1) if clamp else x)
         labels.append(y)
         if bar is not None:
             bar.update(len(chunk))

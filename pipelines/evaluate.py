@@ -1,12 +1,20 @@
-"""Stage: evaluate the samples of one or more runs in the `mnist-cnn` feature space.
+"""Stage: evaluate the samples of one or more runs on pixels, in the feature space of their dataset.
 
     python -m pipelines.evaluate runs/<paper>/<variant>/s<seed> [...] --featnet data/featnet
 
-Reads `<run>/samples.npz` (`arr_0` uint8 (N, H, W, C) or (N, F, H, W, C), `labels` (N,)), plus
-`samples.json` and `train.json` for the protocol, and writes `<run>/eval.json`: FID against the
-reference statistics, KID, precision/recall (k-NN, k=3), class consistency, and for videos the per-frame
-FID (all frames pooled, against real video frames) and temporal consistency. Each number sits beside its
-protocol (feature space, sample count, reference, sampler, steps, guidance, EMA, dataset, preset).
+Reads `<run>/samples.npz` (`arr_0` uint8 (N, H, W, C) or (N, F, H, W, C), `labels` (N,); latent runs
+were decoded into pixels by the sample stage), plus `samples.json` and `train.json` for the protocol,
+and writes `<run>/eval.json`: FID against the reference statistics, KID, precision/recall (k-NN, k=3),
+class consistency, and for videos the per-frame FID (all frames pooled, against real video frames) and
+temporal consistency. Each number sits beside its protocol (feature space, sample count, reference,
+sampler, steps, guidance, EMA, codec, dataset, preset).
+
+Feature spaces (`--features auto` takes the dataset's, `common.data.DatasetInfo.features`):
+- `mnist-cnn` (the digits): `--featnet DIR` holds mnist-cnn.pt and ref_stats.npz (pipelines.featurenet).
+- `inception` (ImageNet, CIFAR-10): torch-fidelity's InceptionV3 from a local weights file
+  (`--inception-weights`, $DIFFREPRO_INCEPTION_WEIGHTS, `--inception DIR` or the torch hub cache; never
+  downloaded here) against `<inception DIR>/<dataset>.npz` (mu/sigma/features, or ADM's reference batch).
+  It has no classifier: class consistency is null.
 """
 from __future__ import annotations
 
@@ -18,13 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
+from common.data import DataError, info
 from common.metrics.featnet import CKPT_NAME, FEATURE_SPACE, FeatNetError, load_featnet, load_ref_stats
 from common.metrics.fid import (
+    INCEPTION_ENV,
+    INCEPTION_FILE,
+    INCEPTION_SPACE,
+    InceptionNet,
     MetricsError,
     class_consistency,
     feature_stats,
+    find_inception_weights,
     frechet_distance,
     kid,
+    load_reference,
     precision_recall,
 )
 from common.metrics.video import temporal_consistency
@@ -85,8 +100,44 @@ def video_reference(net, dataset: str, root: str = "data") -> dict | None:
     return {"mu": mu, "sigma": sigma, "features": feats, "reference": f"{dataset}/train frames"}
 
 
-def evaluate_run(run: Path, net, ref: dict, featnet_id: str) -> dict:
-    """All metrics of one run dir, with their protocol, as a flat dict (also written to eval.json)."""
+def run_dataset(run: Path) -> str | None:
+    """The dataset a run was trained on (train.json, else samples.json), or None if neither says."""
+    train = _read_json(run / "train.json", required=False)
+    return train.get("dataset") or _read_json(run / "samples.json", required=False).get("dataset")
+
+
+def feature_space(features: str, dataset: str | None) -> str:
+    """`--features` resolved for one run: `auto` takes the dataset's space (mnist-cnn if unknown)."""
+    if features != "auto":
+        return features
+    return info(dataset).features if dataset else FEATURE_SPACE
+
+
+def load_space(space: str, dataset: str | None, args) -> tuple:
+    """(feature net, reference statistics, feature net id) of one feature space."""
+    if space == FEATURE_SPACE:
+        net, ref = load_featnet(args.featnet), load_ref_stats(args.featnet)
+        ref["reference"] = str(ref.get("reference", "mnist5k/train"))
+        ckpt = Path(args.featnet) / CKPT_NAME if Path(args.featnet).is_dir() else Path(args.featnet)
+        return net, ref, f"{FEATURE_SPACE}@{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]}"
+    if not dataset:
+        raise EvalError(f"the '{space}' feature space needs the run's dataset (train.json names none)")
+    weights = find_inception_weights(args.inception_weights, [args.inception])
+    if weights is None:
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        raise EvalError(f"Inception weights not found for the '{space}' feature space of '{dataset}': download "
+                        f"{URL_INCEPTION_V3} into {args.inception}/, or pass --inception-weights FILE or set "
+                        f"${INCEPTION_ENV}")
+    net = InceptionNet(weights)
+    ref = load_reference(Path(args.inception) / f"{dataset}.npz", net)
+    ref["reference"] = f"{dataset}/{ref['reference']}"
+    return net, ref, f"{INCEPTION_SPACE}@{hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]}"
+
+
+def evaluate_run(run: Path, net, ref: dict, featnet_id: str, space: str = FEATURE_SPACE) -> dict:
+    """All metrics of one run dir, with their protocol, as a flat dict (also written to eval.json).
+    A feature net without `classify` (Inception) leaves class and temporal consistency null."""
     x, labels = load_samples(run)
     meta = _read_json(run / "samples.json", required=False)
     train = _read_json(run / "train.json", required=False)
@@ -101,17 +152,17 @@ def evaluate_run(run: Path, net, ref: dict, featnet_id: str) -> dict:
     else:
         n, f, images, cond = len(x), 0, x, labels
     feats = net.extract(images)                                 # (M, d)
-    pred = net.classify(images)                                 # (M,)
+    pred = net.classify(images) if hasattr(net, "classify") else None  # (M,)
     out["fid"] = frechet_distance(ref["mu"], ref["sigma"], *feature_stats(feats))
     out["kid"], out["kid_std"] = kid(ref["features"], feats, KID_SUBSETS, KID_SUBSET_SIZE)
     out["precision"], out["recall"] = precision_recall(ref["features"], feats, k=PR_K)
-    out["class_consistency"] = None if cond is None else class_consistency(pred, cond)
+    out["class_consistency"] = None if cond is None or pred is None else class_consistency(pred, cond)
     if f:
         out["frame_fid"] = out["fid"]
-        out["temporal_consistency"] = temporal_consistency(pred.reshape(n, f))
+        out["temporal_consistency"] = None if pred is None else temporal_consistency(pred.reshape(n, f))
         out["frames"] = int(f)
     out.update({
-        "fid_features": FEATURE_SPACE,
+        "fid_features": space,
         "fid_samples": int(len(images)),
         "num_samples": int(n),
         "reference": str(ref.get("reference", "mnist5k/train")),
@@ -126,6 +177,7 @@ def evaluate_run(run: Path, net, ref: dict, featnet_id: str) -> dict:
         "ema": meta.get("ema"),
         "sample_seed": meta.get("seed"),
         "sample_s_per_img": meta.get("sample_s_per_img"),
+        "codec": meta.get("codec"),
         "dataset": dataset,
         "preset": train.get("preset"),
     })
@@ -135,7 +187,12 @@ def evaluate_run(run: Path, net, ref: dict, featnet_id: str) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run directories holding samples.npz")
+    ap.add_argument("--features", choices=("auto", FEATURE_SPACE, INCEPTION_SPACE), default="auto",
+                    help="feature space of the FID (auto: the dataset's)")
     ap.add_argument("--featnet", default="data/featnet", help="directory with mnist-cnn.pt and ref_stats.npz")
+    ap.add_argument("--inception", default="data/inception",
+                    help=f"directory with {INCEPTION_FILE} and the reference <dataset>.npz")
+    ap.add_argument("--inception-weights", default=None, help=f"the {INCEPTION_FILE} file (else looked up)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 keeps the default)")
     args = ap.parse_args(argv)
     if args.threads > 0:
@@ -144,18 +201,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     results = []
     try:
-        net, ref = load_featnet(args.featnet), load_ref_stats(args.featnet)
-        ref["reference"] = str(ref.get("reference", "mnist5k/train"))
-        ckpt = Path(args.featnet) / CKPT_NAME if Path(args.featnet).is_dir() else Path(args.featnet)
-        featnet_id = f"{FEATURE_SPACE}@{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]}"
-        for run in map(Path, args.runs):
-            res = evaluate_run(run, net, ref, featnet_id)
+        spaces, todo = {}, []
+        for run in map(Path, args.runs):  # every feature space loads before any eval.json is written
+            dataset = run_dataset(run)
+            space = feature_space(args.features, dataset)
+            key = (space, None if space == FEATURE_SPACE else dataset)
+            if key not in spaces:
+                spaces[key] = load_space(space, dataset, args)
+            todo.append((run, space, *spaces[key]))
+        for run, space, net, ref, featnet_id in todo:
+            res = evaluate_run(run, net, ref, featnet_id, space)
             (run / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
             print(f"{run}: FID {res['fid']:.3f} ({res['fid_features']}, n={res['fid_samples']}) "
                   f"KID {res['kid']:.4f} P {res['precision']:.3f} R {res['recall']:.3f} "
                   f"class-consistency {res['class_consistency']}")
             results.append(res)
-    except (EvalError, FeatNetError, MetricsError) as e:
+    except (EvalError, FeatNetError, MetricsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     return results

@@ -14,3 +14,15 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_vae():
+    """A randomly initialised diffusers AutoencoderKL built from a config (no download): RGB (3, H, W)
+    <-> 4-channel latents at half the size, SD's scaling factor 0.18215. Seeded, so every test sees the same."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         layers_per_block=1, norm_num_groups=4, sample_size=32).eval()

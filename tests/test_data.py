@@ -33,8 +33,10 @@ def test_unknown_dataset_and_split():
         data.mnist5k_split("val")
 
 
-def test_imagenet_latents_from_a_generated_imagefolder(tmp_path):
+def test_imagenet_latents_from_a_generated_imagefolder(tmp_path, tiny_vae):
     from PIL import Image
+
+    from common.data.codec import VAECodec
 
     rng = np.random.default_rng(0)
     for c in ("cat", "dog"):
@@ -43,18 +45,19 @@ def test_imagenet_latents_from_a_generated_imagefolder(tmp_path):
             arr = rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)
             Image.fromarray(arr).save(tmp_path / "folder" / c / f"{i}.png")
 
-    def fake_encoder(x):  # stand-in for the SD-VAE: (B, 3, H, W) -> (B, 4, H/8, W/8)
-        assert x.min() >= -1 and x.max() <= 1
-        z = torch.nn.functional.avg_pool2d(x, 8)
-        return torch.cat([z, z[:, :1]], 1)
-
+    codec = VAECodec(tiny_vae, "sd-vae-ft-ema")  # stand-in for the SD-VAE: (B, 3, H, W) -> (B, 4, H/2, W/2)
     out = tmp_path / "lat" / "train.pt"
-    obj = encode_imagefolder(tmp_path / "folder", out, size=32, encoder=fake_encoder, batch_size=4, flip=True)
+    obj = encode_imagefolder(tmp_path / "folder", out, codec, size=8, batch_size=4, flip=True)
     assert obj["latents"].shape == (12, 4, 4, 4) and obj["classes"] == ["cat", "dog"]
-    ds = data.latents.load_latents(out)
+    assert (obj["codec"], obj["scaling_factor"], obj["image_size"]) == ("sd-vae-ft-ema", 0.18215, 8)
+    ds = data.latents.load_latents(out, codec="sd-vae-ft-ema")
     assert ds.tensors[0].shape == (12, 4, 4, 4) and sorted(ds.tensors[1].tolist()) == [0] * 6 + [1] * 6
+    # one posterior draw per image, seeded by its index: the batch size does not change the latents
+    again = encode_imagefolder(tmp_path / "folder", tmp_path / "lat2.pt", codec, size=8, batch_size=5, flip=True)
+    assert torch.allclose(again["latents"], obj["latents"], atol=1e-5) and torch.equal(again["labels"], obj["labels"])
+    assert not torch.allclose(obj["latents"][:6], obj["latents"][6:])  # the flipped copies follow the originals
 
 
 def test_imagenet_latents_missing_names_the_fix(tmp_path):
-    with pytest.raises(data.DataError, match="python -m common.data.latents"):
+    with pytest.raises(data.DataError, match="python -m pipelines.prepare imagenet"):
         data.load("imagenet", "train", root=str(tmp_path))

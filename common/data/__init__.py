@@ -5,7 +5,11 @@
   from 28 to 32 px. Fixed split: 450 per class for `train`, 50 per class for `heldout`.
 - `moving_mnist`: deterministic bouncing-digit videos made from `mnist5k` (see `video.py`).
 - `cifar10`: torchvision; downloads where there is a network, else a clear error naming the fix.
-- `imagenet`: SD-VAE latents of an ImageFolder (`latents.py`, needs the `latents` extra).
+- `imagenet`: SD-VAE latents of an ImageFolder (`latents.py`, written by the `prepare` stage).
+
+Each dataset names its codec (`codec.py`: `identity` for pixels, `sd-vae-ft-ema` for the ImageNet
+latents), which decodes samples into pixels, and the feature space its samples are evaluated in
+(`mnist-cnn` for the digits, `inception` for natural RGB images).
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ class DatasetInfo:
     channels: int
     size: int
     num_classes: int
-    frames: int = 0  # 0 for images
+    frames: int = 0             # 0 for images
+    codec: str = "identity"     # common.data.codec.CODECS: how samples decode into pixels
+    features: str = "mnist-cnn"  # the feature space of its FID: mnist-cnn | inception
 
 
 HELDOUT_PER_CLASS = 50
@@ -117,16 +123,16 @@ def _moving_mnist(split: str, root: str, frames: int = 16, **_) -> TensorDataset
 
 
 def _imagenet(split: str, root: str, **_) -> TensorDataset:
-    from .latents import load_latents
+    from .latents import latents_file, load_latents
 
-    return load_latents(Path(root) / "imagenet-latents" / f"{split}.pt")
+    return load_latents(latents_file(root, "imagenet", split), codec=DATASETS["imagenet"][1].codec)
 
 
 DATASETS: dict[str, tuple[Callable[..., TensorDataset], DatasetInfo]] = {
     "mnist5k": (_mnist5k, DatasetInfo(1, 32, 10)),
     "moving_mnist": (_moving_mnist, DatasetInfo(1, 32, 10, frames=16)),
-    "cifar10": (_cifar10, DatasetInfo(3, 32, 10)),
-    "imagenet": (_imagenet, DatasetInfo(4, 32, 1000)),
+    "cifar10": (_cifar10, DatasetInfo(3, 32, 10, features="inception")),
+    "imagenet": (_imagenet, DatasetInfo(4, 32, 1000, codec="sd-vae-ft-ema", features="inception")),  # 256 px
 }
 
 

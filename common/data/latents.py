@@ -1,24 +1,27 @@
-"""ImageNet (or any ImageFolder) as SD-VAE latents, the input of the `paper` presets.
+"""ImageNet (or any ImageFolder) as codec latents, the input of the `paper` presets.
 
-    python -m common.data.latents <imagefolder> data/imagenet-latents/train.pt --size 256
-
-Images are center-cropped as ADM/DiT do, resized to `size`, encoded with the Stable Diffusion VAE
-(`stabilityai/sd-vae-ft-ema` through `diffusers`, the optional `latents` extra; downloaded where there
-is a network) and scaled by 0.18215, giving 32x32x4 latents at 256 px. The encoder is a parameter, so
-the pipeline is tested offline with a stand-in. Output: one `.pt` file {"latents": (N, 4, s/8, s/8),
-"labels": (N,), "classes": [...]}, loaded by `load_latents`.
+Written by the `prepare` stage (`python -m pipelines.prepare imagenet --images <imagefolder>`):
+images are center-cropped as ADM/DiT do to the dataset's pixel size (latent size x the codec's
+downsampling: 32 x 8 = 256 px for the SD-VAE), encoded with the dataset's codec as one posterior draw
+per image (as DiT's feature extraction; the draw of image i depends only on (seed, i), not on the
+batch size) and saved as one `.pt` file: {"latents": (N, C, s, s), "labels": (N,), "classes": [...],
+"codec": name, "scaling_factor": float, "image_size": int}, loaded by `load_latents`.
 """
 from __future__ import annotations
 
-import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-SD_VAE = "stabilityai/sd-vae-ft-ema"
-LATENT_SCALE = 0.18215
+from . import DataError
+
+
+def latents_file(root: str | Path, dataset: str, split: str) -> Path:
+    """Where the latents of `dataset`'s `split` live: `<root>/<dataset>/latents/<split>.pt`."""
+    return Path(root) / dataset / "latents" / f"{split}.pt"
 
 
 def center_crop_arr(pil_image, image_size: int):
@@ -34,77 +37,67 @@ def center_crop_arr(pil_image, image_size: int):
     return arr[y : y + image_size, x : x + image_size]
 
 
-def sd_vae_encoder(device: str = "cpu"):
-    """The SD-VAE encoder as a callable images[-1, 1] (B, 3, H, W) -> latents (B, 4, H/8, W/8)."""
-    try:
-        from diffusers.models import AutoencoderKL
-    except ImportError as e:
-        raise RuntimeError("encoding ImageNet latents needs diffusers: pip install -e '.[latents]'") from e
-    try:
-        vae = AutoencoderKL.from_pretrained(SD_VAE).to(device).eval()
-    except Exception as e:
-        raise RuntimeError(f"could not load the VAE '{SD_VAE}' ({type(e).__name__}: {e}); it downloads from "
-                           f"the Hugging Face hub, so run this where there is a network or set HF_HOME to a "
-                           f"cache holding it") from e
-
-    @torch.no_grad()
-    def encode(x):
-        return vae.encode(x.to(device)).latent_dist.sample().mul_(LATENT_SCALE).cpu()
-
-    return encode
-
-
-@torch.no_grad()
-def encode_imagefolder(folder: str | Path, out: str | Path, size: int = 256, encoder=None, batch_size: int = 32,
-                       flip: bool = False) -> dict:
-    """Encode every image of an ImageFolder; `flip` adds horizontally flipped copies (DiT trains with flips)."""
+def image_folder(folder: str | Path, size: int):
+    """torchvision's ImageFolder yielding center-cropped uint8 (size, size, 3) arrays; DataError if absent."""
     from torchvision.datasets import ImageFolder
 
     folder = Path(folder)
     if not folder.is_dir():
-        from common.data import DataError
-
         raise DataError(f"ImageFolder {folder} does not exist (expected <class>/<image> files)")
-    ds = ImageFolder(str(folder), transform=lambda im: torch.from_numpy(center_crop_arr(im, size)))
-    encoder = encoder or sd_vae_encoder()
-    lat, labels = [], []
+    try:
+        return ImageFolder(str(folder), transform=lambda im: torch.from_numpy(center_crop_arr(im, size)))
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"ImageFolder {folder} holds no images ({e})") from e
+
+
+@torch.no_grad()
+def encode_imagefolder(folder: str | Path, out: str | Path, codec, size: int, batch_size: int = 32,
+                       flip: bool = False, seed: int = 0) -> dict:
+    """Encode every image of an ImageFolder with `codec`; `flip` adds horizontally flipped copies (DiT
+    trains with flips). Written atomically: nothing appears at `out` unless every image was encoded."""
+    from common.diffusion import per_sample_noise
+
+    ds = image_folder(folder, size)
+    copies = 2 if flip else 1
+    lat, labels = [[] for _ in range(copies)], []
     for i in range(0, len(ds), batch_size):
-        items = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
+        items = []
+        for j in range(i, min(i + batch_size, len(ds))):
+            try:
+                items.append(ds[j])
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken file
+                raise DataError(f"image {ds.samples[j][0]} is unreadable ({type(e).__name__}: {e})") from e
         x = torch.stack([im for im, _ in items]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
-        y = torch.tensor([c for _, c in items])
-        for xx in ([x, x.flip(-1)] if flip else [x]):
-            lat.append(encoder(xx))
-            labels.append(y)
-    obj = {"latents": torch.cat(lat).float(), "labels": torch.cat(labels), "classes": list(ds.classes)}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, out)
+        labels.append(torch.tensor([c for _, c in items]))
+        for f in range(copies):
+            shape = (len(x), codec.channels, size // codec.downsample, size // codec.downsample)
+            noise = per_sample_noise(shape, [seed * 1_000_003 + copies * j + f for j in range(i, i + len(x))])
+            lat[f].append(codec.encode(x.flip(-1) if f else x, noise))  # (B, C, s, s)
+    # all images in folder order, then (with flip) all flipped copies in the same order
+    obj = {"latents": torch.cat([z for f in lat for z in f]).float(), "labels": torch.cat(labels * copies),
+           "classes": list(ds.classes), "codec": codec.name, "scaling_factor": codec.scaling_factor,
+           "image_size": size}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, out)
     return obj
 
 
-def load_latents(path: str | Path) -> TensorDataset:
-    from common.data import DataError
-
+def load_latents(path: str | Path, codec: str | None = None) -> TensorDataset:
+    """The latents and labels of a file written by `encode_imagefolder`; `codec` (if given) must be the
+    one that encoded them, since samples of models trained on them are decoded with it."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"dataset 'imagenet' latents not found at {path}. Fix: encode an ImageFolder with "
-                        f"`python -m common.data.latents <imagenet/train> {path}` (needs the 'latents' extra)")
+        raise DataError(f"latents not found at {path}. Fix: encode an ImageFolder with `python -m pipelines.prepare "
+                        f"{path.parent.parent.name} --images <imagefolder> --root {path.parent.parent.parent}`")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        return TensorDataset(obj["latents"].float(), obj["labels"].long())
+        latents, labels = obj["latents"].float(), obj["labels"].long()
     except Exception as e:
         raise DataError(f"dataset file {path} is unreadable ({type(e).__name__}: {e})") from e
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder")
-    ap.add_argument("out")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--flip", action="store_true")
-    args = ap.parse_args(argv)
-    obj = encode_imagefolder(args.folder, args.out, args.size, flip=args.flip)
-    print(f"encoded {len(obj['labels'])} images of {len(obj['classes'])} classes -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    if codec is not None and obj.get("codec", codec) != codec:
+        raise DataError(f"latents in {path} were encoded with codec '{obj['codec']}'; this dataset decodes "
+                        f"with '{codec}'. Fix: encode them again with the prepare stage")
+    return TensorDataset(latents, labels)

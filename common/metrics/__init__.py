@@ -1,8 +1,9 @@
 """Metrics: FID, KID, precision/recall and class consistency on a chosen feature space, video metrics,
 the `mnist-cnn` feature network, the metrics.json schema and claim verdicts.
 
-Feature spaces: `mnist-cnn` (featnet.py; toy scale, trained here in seconds) and Inception
-(`inception_features`, needs torch-fidelity's weights). FID here agrees with torchmetrics and clean-fid
+Feature spaces: `mnist-cnn` (featnet.py; toy scale, trained here in seconds) and `inception`
+(`InceptionNet`, needs torch-fidelity's weights file); each dataset names its own
+(`common.data.DatasetInfo.features`). FID here agrees with torchmetrics and clean-fid
 on the same features to 1e-4 (tests/test_metrics.py).
 """
 from .featnet import (
@@ -19,6 +20,8 @@ from .featnet import (
     write_reference,
 )
 from .fid import (
+    INCEPTION_SPACE,
+    InceptionNet,
     MetricsError,
     bench_fid,
     class_consistency,
@@ -27,9 +30,11 @@ from .fid import (
     fid_from_features,
     fid_from_stats,
     fid_torchmetrics,
+    find_inception_weights,
     frechet_distance,
     inception_features,
     kid,
+    load_reference,
     precision_recall,
 )
 from .schema import (
@@ -45,8 +50,9 @@ from .video import frame_fid, temporal_consistency, video_metrics
 __all__ = [
     "FEATURE_SPACE", "FeatNet", "FeatNetConfig", "FeatNetError", "MnistCNN", "classify", "load_featnet",
     "load_ref_stats", "save_featnet", "train_featnet", "write_reference",
-    "MetricsError", "bench_fid", "class_consistency", "feature_stats", "fid_cleanfid", "fid_from_features",
-    "fid_from_stats", "fid_torchmetrics", "frechet_distance", "inception_features", "kid", "precision_recall",
+    "INCEPTION_SPACE", "InceptionNet", "MetricsError", "bench_fid", "class_consistency", "feature_stats",
+    "fid_cleanfid", "fid_from_features", "fid_from_stats", "fid_torchmetrics", "find_inception_weights",
+    "frechet_distance", "inception_features", "kid", "load_reference", "precision_recall",
     "VERDICTS", "mean_std", "validate_metrics", "verdict_comparable", "verdict_higher_is_better",
     "verdict_lower_is_better",
     "frame_fid", "temporal_consistency", "video_metrics",

@@ -177,55 +177,90 @@ def class_consistency(predicted, conditioning) -> float:
 # ----------------------------------------------------------------------------------------------------
 # Inception feature space (paper-comparable numbers; needs the weights, which are not bundled)
 
+INCEPTION_SPACE = "inception"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_ENV = "DIFFREPRO_INCEPTION_WEIGHTS"
 
 
-def _inception_weights(weights_path: str | None) -> str | None:
-    """A local path to torch-fidelity's InceptionV3 weights, or None when only a download would do."""
+def find_inception_weights(weights_path: str | None = None, search_dirs=()) -> str | None:
+    """A local file of torch-fidelity's InceptionV3 weights, or None: `weights_path` (which must exist),
+    $DIFFREPRO_INCEPTION_WEIGHTS, `<dir>/weights-inception-2015-12-05-6726825d.pth` for each of
+    `search_dirs`, then the torch hub cache."""
     import torch
 
-    candidates = [weights_path, os.environ.get(INCEPTION_ENV),
-                  str(Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE)]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return c
     if weights_path:
-        raise MetricsError(f"Inception weights '{weights_path}' not found")
-    return None
+        if not Path(weights_path).is_file():
+            raise MetricsError(f"Inception weights '{weights_path}' not found")
+        return str(weights_path)
+    candidates = [os.environ.get(INCEPTION_ENV), *(Path(d) / INCEPTION_FILE for d in search_dirs),
+                  Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE]
+    return next((str(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+class InceptionNet:
+    """torch-fidelity's TF-ported InceptionV3, the network behind torchmetrics' FID and ADM's evaluator:
+    uint8 images (N, H, W[, C]) -> 2048-d pool features (N, 2048) float64 (grey is repeated to RGB,
+    resizing to 299 happens inside). `weights_path=None` downloads the weights (needs a network)."""
+
+    def __init__(self, weights_path: str | None = None, batch_size: int = 100):
+        import torch
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+
+        try:
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                   feature_extractor_weights_path=weights_path)
+        except Exception as e:
+            raise MetricsError(
+                f"Inception weights are not available ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}). "
+                f"The 'inception' feature space needs {URL_INCEPTION_V3}; download it where there is a network "
+                f"and pass its path or set "
+                f"${INCEPTION_ENV}, or put it in {Path(torch.hub.get_dir()) / 'checkpoints'}. "
+                f"The 'mnist-cnn' feature space needs no download.") from e
+        self.batch_size = batch_size
+
+    def extract(self, images) -> np.ndarray:
+        import torch
+
+        x = torch.as_tensor(np.asarray(images))
+        if x.dtype != torch.uint8:
+            raise MetricsError(f"Inception features need uint8 images; got {x.dtype}")
+        if x.dim() == 3:
+            x = x[..., None]                                 # (N, H, W, 1)
+        x = x.permute(0, 3, 1, 2)                            # (N, C, H, W)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)                      # (N, 3, H, W)
+        with torch.no_grad():
+            out = [self.net(x[i:i + self.batch_size].contiguous())[0] for i in range(0, len(x), self.batch_size)]
+        return torch.cat(out).double().numpy()               # (N, 2048)
 
 
 def inception_features(images, weights_path: str | None = None, batch_size: int = 100) -> np.ndarray:
-    """2048-d pool features of torch-fidelity's TF-ported InceptionV3 (the ADM/torch-fidelity convention).
+    """2048-d pool features of torch-fidelity's InceptionV3 (the ADM/torch-fidelity convention).
 
-    images: uint8 (N, H, W, C) or (N, H, W); grey is repeated to RGB, resizing to 299 happens inside.
     Weights come from `weights_path`, $DIFFREPRO_INCEPTION_WEIGHTS, or the torch hub cache; otherwise a
     download is attempted, and offline this stops with a message saying so.
     """
-    import torch
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+    return InceptionNet(find_inception_weights(weights_path), batch_size).extract(images)
 
-    path = _inception_weights(weights_path)
-    try:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=path)
-    except Exception as e:
-        raise MetricsError(
-            f"Inception weights are not available (offline?): {type(e).__name__}: {e}. The 'inception' feature "
-            f"space needs {URL_INCEPTION_V3}; download it where there is a network and pass weights_path=... or "
-            f"set ${INCEPTION_ENV}, or put it in {Path(torch.hub.get_dir()) / 'checkpoints'}. "
-            f"The 'mnist-cnn' feature space needs no download."
-        ) from e
-    x = torch.as_tensor(np.asarray(images))
-    if x.dtype != torch.uint8:
-        raise MetricsError(f"inception_features expects uint8 images; got {x.dtype}")
-    if x.dim() == 3:
-        x = x[..., None]                                     # (N, H, W, 1)
-    x = x.permute(0, 3, 1, 2)                                # (N, C, H, W)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)                          # (N, 3, H, W)
-    with torch.no_grad():
-        out = [net(x[i:i + batch_size].contiguous())[0] for i in range(0, len(x), batch_size)]
-    return torch.cat(out).double().numpy()                   # (N, 2048)
+
+def load_reference(path: str | Path, net) -> dict:
+    """Reference statistics of real data in `net`'s feature space: an `.npz` holding mu, sigma and the
+    raw features, or a reference batch of uint8 images `arr_0` (ADM's evaluation format, e.g.
+    VIRTUAL_imagenet256_labeled.npz), whose features `net.extract` computes here."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricsError(f"reference statistics '{path}' not found. Fix: put there an .npz with mu, sigma "
+                           f"and features, or a reference batch of images (arr_0, e.g. ADM's)")
+    with np.load(path) as z:
+        if {"mu", "sigma", "features"} <= set(z.files):
+            return {"mu": z["mu"], "sigma": z["sigma"], "features": z["features"], "reference": path.name}
+        if "arr_0" not in z.files:
+            raise MetricsError(f"reference statistics '{path}' hold neither mu, sigma, features nor arr_0 "
+                               f"(keys: {z.files})")
+        images = z["arr_0"]
+    feats = net.extract(images)                              # (N, d)
+    mu, sigma = feature_stats(feats)
+    return {"mu": mu, "sigma": sigma, "features": feats, "reference": path.name}
 
 
 # ----------------------------------------------------------------------------------------------------
