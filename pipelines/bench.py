@@ -12,13 +12,15 @@ speedups, crossover N, memory ratios) are what `papers/pom` turns into claims.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from common.io import check_writable, write_json
+
+from ._cli import StageParser, friendly_errors
 
 
 def _machine() -> dict:
@@ -116,16 +118,48 @@ def pom(out: Path, params: str | None) -> dict:
     return {"machine": _machine(), "rows": rows, "scaling": scaling, "video": video}
 
 
+# the `bench:` section of a params file (pom): key -> (what it must be, the check)
+def _int(x, lo: int = 1) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
+
+BENCH_KEYS = {
+    "tokens": ("a non-empty list of ints >= 1", lambda v: isinstance(v, list) and bool(v) and all(map(_int, v))),
+    "frames": ("a non-empty list of ints >= 1", lambda v: isinstance(v, list) and bool(v) and all(map(_int, v))),
+    "dim": ("an int >= 1", _int),
+    "batch": ("an int >= 1", _int),
+    "max_seconds": ("a number > 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+}
+
+
+def bench_section(params: str | None) -> dict:
+    """The validated `bench:` section of `params` (empty without one); ConfigError naming a bad key."""
+    from common.config import ConfigError, load_params
+
+    section = (load_params(params).get("bench") if params else None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"params key 'bench' must be a mapping, got {type(section).__name__} ({section!r:.60})")
+    for k, v in section.items():
+        if k not in BENCH_KEYS:
+            raise ConfigError(f"unknown params key 'bench.{k}' (known: {', '.join(sorted(BENCH_KEYS))})")
+        want, ok = BENCH_KEYS[k]
+        if not ok(v):
+            raise ConfigError(f"params key 'bench.{k}' must be {want}, got {v!r}")
+    return section
+
+
+@friendly_errors
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = StageParser("bench", __doc__)
     ap.add_argument("which", choices=("core", "pom"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--params", default=None)
     args = ap.parse_args(argv)
     out = Path(args.out)
+    bench_section(args.params)  # a bad params file fails now, not after minutes of benchmarks
+    check_writable(out, what="--out")
     res = core(out) if args.which == "core" else pom(out, args.params)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    write_json(out, res, newline=False)
     print(f"wrote {out}")
 
 

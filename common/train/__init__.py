@@ -24,7 +24,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common.config import RunConfig
 from common.diffusion import create_objective
+from common.errors import UserError
 from common.flops import model_flops
+from common.io import read_json, write_json
 from common.models import count_params, create_model
 
 from .checkpoint import CheckpointError, load, save_atomic
@@ -32,7 +34,7 @@ from .checkpoint import CheckpointError, load, save_atomic
 log = logging.getLogger("diffrepro.train")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. a NaN/inf loss); the last good checkpoint is kept."""
 
 
@@ -182,7 +184,7 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
     cfg_dict = cfg.to_dict()
     run_json = out / "run.json"
     if run_json.exists():
-        prev = json.loads(run_json.read_text())
+        prev = read_json(run_json, fix="delete it and re-run the train command (the checkpoint holds the config)")
         if _comparable(prev) != _comparable(cfg_dict):
             if on_mismatch != "restart":
                 diff = sorted(_diff_keys(_comparable(prev), _comparable(cfg_dict)))
@@ -216,7 +218,7 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
             print(f"resuming {out} from step {step}", flush=True)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        run_json.write_text(json.dumps(cfg_dict, indent=2))
+        write_json(run_json, cfg_dict, newline=False)
 
     ddp_model = DDP(model) if world > 1 else model
     n_params = count_params(model)
