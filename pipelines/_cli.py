@@ -140,14 +140,14 @@ def check_model(cfg) -> None:
     settings = {"model.name": cfg.model.name, "model.mixer": cfg.model.mixer,
                 **{f"model.overrides.{k}": v for k, v in cfg.model.overrides.items()},
                 **{f"model.mixer_kwargs.{k}": v for k, v in cfg.model.mixer_kwargs.items()}}
-    check_types(cfg.model.overrides, "params key 'model.overrides.")
+    check_types(cfg.model.overrides, "params key", "model.overrides.")
     info = data_mod.info(cfg.data.name)
     with explain_build_errors({k: v for k, v in settings.items() if v not in ("", None)}, "params key"), \
             torch.device("meta"):
         build_model(cfg, info)
 
 
-def check_types(kwargs: dict, prefix: str) -> None:
+def check_types(kwargs: dict, label: str, prefix: str = "") -> None:
     """A DiT constructor argument whose default is a number or a bool must get one of that type (a string
     there would fail deep inside the constructor, or not at all)."""
     import inspect
@@ -164,7 +164,7 @@ def check_types(kwargs: dict, prefix: str) -> None:
         else:
             continue
         if not ok:
-            raise ConfigError(f"{prefix}{k}' must be {tp.__name__}, got {type(v).__name__} ({v!r})")
+            raise ConfigError(f"{label} '{prefix}{k}' must be {tp.__name__}, got {type(v).__name__} ({v!r})")
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ def main(argv=None):
                     help="constructor overrides, e.g. mixer=pom")
     args = ap.parse_args(argv)
     overrides = parse_set(args.sets)
-    check_types(overrides, "--set '")
+    check_types(overrides, "--set")
     with explain_build_errors(overrides, "--set"), torch.device("meta"):  # shapes only: no memory or init time
         model = create_model(args.model, **overrides)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
