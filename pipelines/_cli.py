@@ -49,19 +49,38 @@ def friendly_errors(main):
         debug = "--debug" in (sys.argv[1:] if argv is None else list(argv))
         try:
             return main(argv, *a, **kw)
-        except KeyboardInterrupt:
+        except Exception as e:
             if debug:
                 raise
-            print(INTERRUPTED, file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
-        except Exception as e:
+            if _interrupted(e):  # Ctrl-C inside a library's cleanup (e.g. torch.save) comes back as its error
+                _exit_interrupted()
             msg = user_message(e)
-            if msg is None or debug:
+            if msg is None:
                 raise
             print(f"error: {msg}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            _exit_interrupted()
 
     return wrapper
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether `e` was raised while handling a KeyboardInterrupt (its chain of causes holds one)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _exit_interrupted():
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 class StageParser(argparse.ArgumentParser):

@@ -501,6 +501,23 @@ def test_ctrl_c_prints_one_line_and_resume_is_exact(tmp_path):
                  torch.load(tmp_path / "ref" / "ckpt" / "latest.pt", weights_only=True))
 
 
+def test_ctrl_c_inside_a_library_cleanup_is_still_an_interruption(capsys):
+    """torch.save's zip writer answers a Ctrl-C mid-write with its own RuntimeError on cleanup."""
+    from pipelines._cli import friendly_errors
+
+    @friendly_errors
+    def main(argv=None):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted; re-run the same command to resume"
+
+
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     from common.io import atomic_write, write_json
 
