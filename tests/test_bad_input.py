@@ -396,14 +396,14 @@ def test_featurenet_out_is_a_file(ws, capsys):
 
 
 @pytest.mark.parametrize("text, needles", [
-    (None, ["params file not found"]),
-    (b"\x00\xff", ["not a text"]),
-    ("bench: [1]\n", ["'bench' must be a mapping"]),
-    ("bench: {tokens: 5}\n", ["bench.tokens", "list of ints"]),
+    (None, ["params file", "not found"]),
+    (b"\x00\xff", ["params file", "not a text"]),
+    ("bench: [1]\n", ["'bench'"]),
+    ("bench: {tokens: 5}\n", ["bench.tokens"]),
     ("bench: {tokens: [64, x]}\n", ["bench.tokens"]),
-    ("bench: {dim: x}\n", ["bench.dim", "int"]),
-    ("bench: {max_seconds: 0}\n", ["bench.max_seconds", "> 0"]),
-    ("bench: {dimm: 3}\n", ["bench.dimm", "unknown"]),
+    ("bench: {dim: x}\n", ["bench.dim"]),
+    ("bench: {max_seconds: 0}\n", ["bench.max_seconds"]),
+    ("bench: {dimm: 3}\n", ["bench.dimm"]),
 ])
 def test_bench_params_errors(ws, capsys, text, needles):
     p = ws / "p.yaml"
