@@ -30,8 +30,10 @@ from typing import Any
 
 import yaml
 
+from common.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad configuration value; the message names the dotted key."""
 
 
@@ -160,6 +162,10 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             return float(value)
         except ValueError:
             pass
+    if origin is list and typing.get_args(tp):  # list[int]: every element checked, named by its index
+        if not isinstance(value, list):
+            raise ConfigError(f"params key '{key}' must be a list, got {type(value).__name__} ({value!r})")
+        return [_check_type(f"{key}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value)]
     if origin in (list, dict):
         tp = origin
     if isinstance(tp, type) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
@@ -179,6 +185,8 @@ def _build_losses(data: Any, key: str) -> dict:
             raise ConfigError(f"unknown loss term '{key}.{name}' (known: {', '.join(sorted(LOSSES)) or 'none registered'})")
         out[name] = _build(LOSSES[name].Config, {} if section is None else section, f"{key}.{name}.")
     return out
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _build(cls, data: dict, prefix: str):
@@ -186,7 +194,7 @@ def _build(cls, data: dict, prefix: str):
         raise ConfigError(f"params key '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    ranges = getattr(cls, "ranges", {})  # a loss term's Config declares its own (common.losses)
+    ranges = getattr(cls, "ranges", {})  # sections outside the run config declare their own (loss terms, bench)
     kwargs = {}
     for k, v in data.items():
         key = prefix + k
@@ -207,6 +215,9 @@ def _build(cls, data: dict, prefix: str):
                     raise ConfigError(f"params key '{key}' = {v!r} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
             if key in _CHOICES and v not in _CHOICES[key]:
                 raise ConfigError(f"params key '{key}' = {v!r} must be one of {_CHOICES[key]}")
+            if key == "train.betas" and not (
+                    len(v) == 2 and all(_is_real(b) and 0.0 <= b < 1.0 for b in v)):
+                raise ConfigError(f"params key 'train.betas' = {v!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
             kwargs[k] = v
     return cls(**kwargs)
 
@@ -222,17 +233,26 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def parse_set(assignments: list[str]) -> dict:
-    """`["train.steps=200", "model.name=DiT-S/2"]` -> nested dict (values parsed as YAML scalars)."""
+    """`["train.steps=200", "model.name=DiT-S/2"]` -> nested dict (values parsed as YAML)."""
     out: dict = {}
     for a in assignments or []:
-        if "=" not in a:
-            raise ConfigError(f"--set expects key=value, got {a!r}")
-        key, val = a.split("=", 1)
-        node = out
+        key, sep, val = a.partition("=")
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        if not sep or not all(parts):
+            raise ConfigError(f"--set expects key=value with a dotted key, got {a!r}")
+        try:
+            value = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(f"--set {key.strip()}: value {val!r} is not valid YAML ({problem})") from e
+        node = out
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(val)
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key.strip()} conflicts with --set {'.'.join(parts[:i + 1])}={node!r}")
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+            raise ConfigError(f"--set {key.strip()}={val} conflicts with an earlier --set {key.strip()}.<key>")
+        node[parts[-1]] = value
     return out
 
 
@@ -241,37 +261,57 @@ def load_params(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"params file {path} is not a text (YAML) file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"params file {path} is not valid YAML: {e}") from e
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"params file {path} is not valid YAML{at} ({getattr(e, 'problem', None) or e})") from e
+    except OSError as e:
+        raise ConfigError(f"params file {path} is unreadable ({e.strerror})") from e
+    if data is None:
+        raise ConfigError(f"params file {path} is empty")
     if not isinstance(data, dict):
-        raise ConfigError(f"params file {path} must hold a mapping")
+        raise ConfigError(f"params file {path} must hold a mapping, got {type(data).__name__}")
     return data
 
 
 RUN_SECTIONS = ("data", "model", "diffusion", "train", "sample", "losses")
 
 
+def _mapping(value, key: str) -> dict:
+    """A params section that must be a mapping (None, an empty YAML section, counts as empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"params key '{key}' must be a mapping, got {type(value).__name__} ({value!r:.60})")
+    return value
+
+
 def resolve(params: dict, paper: str, variant: str, sets: dict | None = None) -> RunConfig:
     """Merge base <- preset <- variant <- sets and validate into a RunConfig."""
     params = deep_merge(params, {k: v for k, v in (sets or {}).items() if k == "preset"})
     preset = params.get("preset", "tiny")
-    variants = params.get("variants", {}) or {}
+    if "variants" not in params:
+        raise ConfigError(f"the params of paper '{paper}' have no 'variants' section")
+    variants = _mapping(params["variants"], "variants")
     if variant not in variants:
         raise ConfigError(f"unknown variant '{variant}' for paper '{paper}' (known: {', '.join(variants) or 'none'})")
-    base = {k: params[k] for k in RUN_SECTIONS if k in params}
-    presets = params.get("presets", {}) or {}
+    base = {k: _mapping(params[k], k) for k in RUN_SECTIONS if k in params}
+    presets = _mapping(params.get("presets"), "presets")
     if preset != "tiny":
         if preset not in presets:
             raise ConfigError(f"params key 'preset' = {preset!r}: no such preset (known: tiny, {', '.join(presets)})")
-        base = deep_merge(base, presets[preset])
-    v = variants[variant] or {}
+        base = deep_merge(base, _mapping(presets[preset], f"presets.{preset}"))
+    v = _mapping(variants[variant], f"variants.{variant}")
     extra = set(v) - set(RUN_SECTIONS) - {"seeds", "preset_overrides"}
     if extra:
         raise ConfigError(f"unknown params key 'variants.{variant}.{sorted(extra)[0]}'")
-    merged = deep_merge(base, {k: v[k] for k in RUN_SECTIONS if k in v})
-    if preset in (v.get("preset_overrides") or {}):
-        merged = deep_merge(merged, v["preset_overrides"][preset])
+    merged = deep_merge(base, {k: _mapping(v[k], f"variants.{variant}.{k}") for k in RUN_SECTIONS if k in v})
+    overrides = _mapping(v.get("preset_overrides"), f"variants.{variant}.preset_overrides")
+    if preset in overrides:
+        merged = deep_merge(merged, _mapping(overrides[preset], f"variants.{variant}.preset_overrides.{preset}"))
     merged = deep_merge(merged, {k: val for k, val in (sets or {}).items() if k != "preset"})
     merged.update(paper=paper, variant=variant, preset=preset)
     return _build(RunConfig, merged, "")

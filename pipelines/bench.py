@@ -5,21 +5,20 @@
 
 `core` is the shared benchmark (`common.bench.core`). A paper's benchmark is found by convention: the
 module `papers/<paper>/bench.py` defines `run(section: dict) -> dict`, called with the `bench:` section
-of the paper's params.yaml (or of `--params`); what it returns is written as JSON to `--out`.
+of the paper's params.yaml (or of `--params`), which it validates before measuring anything; what it
+returns is written as JSON to `--out`.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
-import json
-import os
 from pathlib import Path
 
 import papers
 from common.config import ConfigError
+from common.io import check_writable, write_json
 
-from ._cli import friendly_errors, paper_params
+from ._cli import StageParser, friendly_errors, paper_params
 
 
 def paper_bench(paper: str):
@@ -31,24 +30,15 @@ def paper_bench(paper: str):
     return importlib.import_module(f"papers.{paper}.bench")
 
 
-def check_out(out: Path) -> None:
-    """Fail before benchmarking (minutes) when `out` cannot be written as a file."""
-    folder = out.parent
-    while not folder.exists():
-        folder = folder.parent
-    if out.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ConfigError(f"--out '{out}' cannot be written as a file")
-
-
 @friendly_errors
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = StageParser("bench", __doc__)
     ap.add_argument("which", help="`core`, or a paper with a papers/<paper>/bench.py")
     ap.add_argument("--out", required=True)
     ap.add_argument("--params", default=None, help="params file of the paper (default papers/<paper>/params.yaml)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    check_out(out)
+    check_writable(out, what="--out")  # fail now, not after minutes of benchmarks
     if args.which == "core":
         from common.bench import core
 
@@ -56,10 +46,7 @@ def main(argv=None):
     else:
         bench = paper_bench(args.which)
         res = bench.run(paper_params(args.which, args.params).get("bench") or {})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(out)
+    write_json(out, res, newline=False)
     print(f"wrote {out}")
 
 

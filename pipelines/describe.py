@@ -6,7 +6,6 @@ Every paper is imported first (`papers.load_all`), so models a paper registers r
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
@@ -16,19 +15,21 @@ from common.config import parse_set
 from common.flops import model_flops
 from common.models import count_params, create_model
 
-from ._cli import friendly_errors
+from ._cli import StageParser, check_types, explain_build_errors, friendly_errors
 
 
 @friendly_errors
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageParser("describe", __doc__)
     ap.add_argument("model")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="constructor overrides, e.g. depth=2")
     args = ap.parse_args(argv)
     papers.load_all()
-    with torch.device("meta"):  # shapes only: no memory or init time even for DiT-XL/2
-        model = create_model(args.model, **parse_set(args.sets))
+    overrides = parse_set(args.sets)
+    check_types(overrides, "--set")
+    with explain_build_errors(overrides, "--set"), torch.device("meta"):  # shapes only: no memory or init time
+        model = create_model(args.model, **overrides)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fl = model_flops(model)
     print(json.dumps({"model": args.model, "params": count_params(model), "trainable_params": trainable,

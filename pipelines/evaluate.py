@@ -18,22 +18,22 @@ Feature spaces (`--features auto` takes the dataset's, `common.data.DatasetInfo.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from common.data import DataError, info
-from common.metrics.featnet import CKPT_NAME, FEATURE_SPACE, FeatNetError, load_featnet, load_ref_stats
+from common.data import info
+from common.errors import UserError, short_reason
+from common.io import check_writable, read_json, write_json
+from common.metrics.featnet import CKPT_NAME, FEATURE_SPACE, REF_NAME, load_featnet, load_ref_stats
 from common.metrics.fid import (
     INCEPTION_ENV,
     INCEPTION_FILE,
     INCEPTION_SPACE,
     InceptionNet,
-    MetricsError,
     class_consistency,
     feature_stats,
     find_inception_weights,
@@ -44,40 +44,67 @@ from common.metrics.fid import (
 )
 from common.metrics.video import temporal_consistency
 
+from ._cli import RUN_JSON_FIX, StageParser, check_run_json, friendly_errors
+
 KID_SUBSETS, KID_SUBSET_SIZE, PR_K = 50, 1000, 3
 MAX_REF_FRAMES = 5000
+RESAMPLE = "Fix: delete it and re-run the sample stage for this run"
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """A run directory that cannot be evaluated; the message names the file."""
 
 
 def _read_json(path: Path, required: bool) -> dict:
-    if not path.is_file():
-        if required:
-            raise EvalError(f"'{path}' not found")
+    if not path.is_file() and not required:
         return {}
+    return read_json(path, fix=RESAMPLE if path.name == "samples.json" else RUN_JSON_FIX)
+
+
+def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of one array of an .npz from its header, without reading the data."""
+    with zf.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def check_samples(run: Path) -> tuple:
+    """Shape of a run's samples, from the .npz headers only (no pixel is read): a missing, empty, garbage
+    or truncated file, a wrong layout or too few samples fail here, before any metric is computed."""
+    path = run / "samples.npz"
+    if not path.is_file():
+        raise EvalError(f"'{path}' not found. Fix: run the sample stage for this run first")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EvalError(f"'{path}' is not valid JSON ({e})") from e
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if "arr_0.npy" not in names:
+                raise EvalError(f"'{path}' has no 'arr_0' array (keys: {[n[:-4] for n in names]}). {RESAMPLE}")
+            shape, dtype = _npy_header(zf, "arr_0.npy")
+            labels = _npy_header(zf, "labels.npy")[0] if "labels.npy" in names else None
+    except EvalError:
+        raise
+    except Exception as e:  # empty, garbage or truncated: zipfile / numpy say why
+        raise EvalError(f"'{path}' is not a readable .npz ({short_reason(e)}). {RESAMPLE}") from e
+    if dtype != np.uint8 or len(shape) not in (4, 5):
+        raise EvalError(f"'{path}': arr_0 must be uint8 (N, H, W, C) or (N, F, H, W, C); got {dtype} {shape}")
+    if shape[0] * (shape[1] if len(shape) == 5 else 1) <= PR_K:
+        raise EvalError(f"'{path}' holds {shape[0]} samples; the metrics need more than {PR_K} images. {RESAMPLE}")
+    if labels is not None and labels != (shape[0],):
+        raise EvalError(f"'{path}': labels must have shape ({shape[0]},); got {labels}")
+    return shape
 
 
 def load_samples(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """uint8 samples (N, H, W, C) or (N, F, H, W, C) and int64 labels (N,) of a run."""
+    check_samples(run)
     path = run / "samples.npz"
-    if not path.is_file():
-        raise EvalError(f"'{path}' not found. Fix: run the sample stage for this run first")
-    with np.load(path) as z:
-        if "arr_0" not in z.files:
-            raise EvalError(f"'{path}' has no 'arr_0' array (keys: {z.files})")
-        x = z["arr_0"]
-        labels = z["labels"] if "labels" in z.files else None
-    if x.dtype != np.uint8 or x.ndim not in (4, 5):
-        raise EvalError(f"'{path}': arr_0 must be uint8 (N, H, W, C) or (N, F, H, W, C); got {x.dtype} {x.shape}")
-    if labels is not None and labels.shape != (len(x),):
-        raise EvalError(f"'{path}': labels must have shape ({len(x)},); got {labels.shape}")
-    return x, labels
+    try:
+        with np.load(path) as z:
+            return z["arr_0"], (z["labels"] if "labels" in z.files else None)
+    except Exception as e:  # a damaged member the headers did not show (CRC, zlib)
+        raise EvalError(f"'{path}' is not a readable .npz ({short_reason(e)}). {RESAMPLE}") from e
 
 
 def video_reference(net, dataset: str, root: str = "data") -> dict | None:
@@ -116,10 +143,10 @@ def feature_space(features: str, dataset: str | None) -> str:
 def load_space(space: str, dataset: str | None, args) -> tuple:
     """(feature net, reference statistics, feature net id) of one feature space."""
     if space == FEATURE_SPACE:
-        net, ref = load_featnet(args.featnet), load_ref_stats(args.featnet)
+        fdir = featnet_dir(args.featnet)
+        net, ref = load_featnet(fdir), load_ref_stats(fdir)
         ref["reference"] = str(ref.get("reference", "mnist5k/train"))
-        ckpt = Path(args.featnet) / CKPT_NAME if Path(args.featnet).is_dir() else Path(args.featnet)
-        return net, ref, f"{FEATURE_SPACE}@{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]}"
+        return net, ref, f"{FEATURE_SPACE}@{hashlib.sha256((fdir / CKPT_NAME).read_bytes()).hexdigest()[:12]}"
     if not dataset:
         raise EvalError(f"the '{space}' feature space needs the run's dataset (train.json names none)")
     weights = find_inception_weights(args.inception_weights, [args.inception])
@@ -184,8 +211,19 @@ def evaluate_run(run: Path, net, ref: dict, featnet_id: str, space: str = FEATUR
     return out
 
 
+def featnet_dir(arg: str) -> Path:
+    """`--featnet`: the directory holding mnist-cnn.pt and ref_stats.npz, or one of those two files."""
+    p = Path(arg)
+    if p.is_file() and p.name in (CKPT_NAME, REF_NAME):
+        return p.parent
+    if p.exists() and not p.is_dir():
+        raise EvalError(f"--featnet '{p}' is a file; pass the directory holding {CKPT_NAME} and {REF_NAME}")
+    return p
+
+
+@friendly_errors
 def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = StageParser("evaluate", __doc__)
     ap.add_argument("runs", nargs="+", help="run directories holding samples.npz")
     ap.add_argument("--features", choices=("auto", FEATURE_SPACE, INCEPTION_SPACE), default="auto",
                     help="feature space of the FID (auto: the dataset's)")
@@ -193,32 +231,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--inception", default="data/inception",
                     help=f"directory with {INCEPTION_FILE} and the reference <dataset>.npz")
     ap.add_argument("--inception-weights", default=None, help=f"the {INCEPTION_FILE} file (else looked up)")
+    ap.add_argument("--paper", default=None, help="refuse a run whose run.json is not of this paper")
+    ap.add_argument("--variant", default=None, help="refuse a run whose run.json is not of this variant")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 keeps the default)")
     args = ap.parse_args(argv)
+    runs = [Path(r) for r in args.runs]
+    want = {"paper": args.paper, "variant": args.variant}
+    for run in runs:  # everything a run needs is checked before the first metric is computed
+        check_run_json(run, want, required=any(want.values()))
+        check_samples(run)
+        _read_json(run / "samples.json", required=False)
+        _read_json(run / "train.json", required=False)
+    check_writable(*(run / "eval.json" for run in runs))
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
-    results = []
-    try:
-        spaces, todo = {}, []
-        for run in map(Path, args.runs):  # every feature space loads before any eval.json is written
-            dataset = run_dataset(run)
-            space = feature_space(args.features, dataset)
-            key = (space, None if space == FEATURE_SPACE else dataset)
-            if key not in spaces:
-                spaces[key] = load_space(space, dataset, args)
-            todo.append((run, space, *spaces[key]))
-        for run, space, net, ref, featnet_id in todo:
-            res = evaluate_run(run, net, ref, featnet_id, space)
-            (run / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
-            print(f"{run}: FID {res['fid']:.3f} ({res['fid_features']}, n={res['fid_samples']}) "
-                  f"KID {res['kid']:.4f} P {res['precision']:.3f} R {res['recall']:.3f} "
-                  f"class-consistency {res['class_consistency']}")
-            results.append(res)
-    except (EvalError, FeatNetError, MetricsError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    spaces, todo = {}, []
+    for run in runs:  # every feature space loads before any metric is computed
+        dataset = run_dataset(run)
+        space = feature_space(args.features, dataset)
+        key = (space, None if space == FEATURE_SPACE else dataset)
+        if key not in spaces:
+            spaces[key] = load_space(space, dataset, args)
+        todo.append((run, space, *spaces[key]))
+    results = [evaluate_run(run, net, ref, featnet_id, space) for run, space, net, ref, featnet_id in todo]
+    for run, res in zip(runs, results):  # written only once every run is evaluated
+        write_json(run / "eval.json", res)
+        print(f"{run}: FID {res['fid']:.3f} ({res['fid_features']}, n={res['fid_samples']}) "
+              f"KID {res['kid']:.4f} P {res['precision']:.3f} R {res['recall']:.3f} "
+              f"class-consistency {res['class_consistency']}")
     return results
 
 

@@ -7,46 +7,49 @@ Writes `<out>/mnist-cnn.pt` (state_dict + config, weights_only loadable), `<out>
 (held-out accuracy, training time, and the FID/KID/P-R of the real held-out split against the
 reference: the floor a perfect generator would reach with 500 samples).
 Recipe defaults live in `common.metrics.featnet.FeatNetConfig`; a `featnet:` section of the params
-file overrides them.
+file overrides them. The params and the output paths are checked before training; the three files
+are written once everything is computed, each whole or not at all.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
-import yaml
 
+from common.config import load_params
 from common.data import mnist5k_split
+from common.io import check_writable, write_json
 from common.metrics.featnet import (
     CKPT_NAME,
+    REF_NAME,
     FeatNetConfig,
+    reference_stats,
     save_featnet,
+    save_reference,
     train_featnet,
-    write_reference,
 )
 from common.metrics.fid import fid_from_stats, kid, precision_recall
 
+from ._cli import StageParser, friendly_errors
 
+
+@friendly_errors
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = StageParser("featurenet", __doc__)
     ap.add_argument("--out", required=True, help="output directory (e.g. data/featnet)")
     ap.add_argument("--params", help="YAML file whose optional `featnet:` section overrides the recipe")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 keeps the default)")
     args = ap.parse_args(argv)
+    section = load_params(args.params).get("featnet") if args.params else None
+    cfg = FeatNetConfig.from_dict({} if section is None else section)
+    out = Path(args.out)
+    check_writable(out / CKPT_NAME, out / REF_NAME, out / "metrics.json", what="--out file")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    section = {}
-    if args.params:
-        section = (yaml.safe_load(Path(args.params).read_text()) or {}).get("featnet") or {}
-    cfg = FeatNetConfig.from_dict(section)
 
     fnet, metrics = train_featnet(cfg)
-    out = Path(args.out)
-    save_featnet(fnet, out / CKPT_NAME)
-    ref = write_reference(fnet, out, split="train")
-
+    ref = reference_stats(fnet, split="train")
     Xh, _ = mnist5k_split("heldout")
     fh = fnet.extract(Xh)
     prec, rec = precision_recall(ref["features"], fh)
@@ -59,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
         "heldout_recall": rec,
         "heldout_samples": int(len(fh)),
     })
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    save_featnet(fnet, out / CKPT_NAME)
+    save_reference(ref, out)
+    write_json(out / "metrics.json", metrics)
     print(json.dumps(metrics, indent=2))
     return metrics
 

@@ -23,7 +23,6 @@ a paper's own modules) are this repository's, whatever the working directory.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -33,12 +32,17 @@ from pathlib import Path
 
 import yaml
 
+from common.errors import UserError
+from common.io import check_writable_dir, write_atomic
+
+from ._cli import StageParser, friendly_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("samples", "curves", "metrics")
 KERNEL = "python3"
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError, RuntimeError):
     """A notebook that is missing or failed; the message names it and where its executed copy is."""
 
 
@@ -74,7 +78,10 @@ def parse_params(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ReportError(f"--param '{item}': expected key=value")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise ReportError(f"--param '{item}': value is not valid YAML ({getattr(e, 'problem', None) or e})") from e
     return out
 
 
@@ -93,7 +100,7 @@ def export_html(ipynb: Path) -> Path:
     exporter = HTMLExporter(embed_images=True)
     body, _ = exporter.from_notebook_node(nbformat.read(ipynb, as_version=4))
     html = ipynb.with_suffix(".html")
-    html.write_text(body, encoding="utf-8")
+    write_atomic(html, body)
     return html
 
 
@@ -151,8 +158,9 @@ def run_notebook(name: str, params: dict, out_dir: Path, root: Path = ROOT, time
     return html
 
 
+@friendly_errors
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = StageParser("report", __doc__)
     ap.add_argument("paper")
     ap.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS),
                     help="notebook names (papers/<paper>/notebooks/ first, then notebooks/)")
@@ -165,7 +173,14 @@ def main(argv: list[str] | None = None) -> int:
 
     params = default_params(args.paper) | parse_params(args.param)
     root = Path(args.root).resolve()
+    if not root.is_dir():
+        raise ReportError(f"--root '{args.root}' is not a directory")
+    missing = [n for n in args.notebooks if not (ROOT / "notebooks" / f"{n}.ipynb").is_file()]
+    if missing:
+        known = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+        raise ReportError(f"notebook '{missing[0]}' not found: notebooks/{missing[0]}.ipynb (known: {', '.join(known)})")
     out = Path(args.out) if args.out else root / "papers" / args.paper / "results" / "notebooks"
+    check_writable_dir(out, "--out")
     failed = []
     declared = set().union(*(_declared(n, args.paper) for n in args.notebooks))
     for key in sorted(set(parse_params(args.param)) - declared):

@@ -17,18 +17,19 @@ rendered from metrics.json only, so no number in it was typed by hand.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import re
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
+from common.io import check_writable, copy_atomic, read_json, write_atomic, write_json
 from common.metrics.schema import validate_metrics
+
+from ._cli import StageParser, friendly_errors
 
 # averaged over seeds (eval.json first, then train.json)
 MEAN_KEYS = ("fid", "kid", "precision", "recall", "class_consistency", "frame_fid", "temporal_consistency",
@@ -38,15 +39,12 @@ PROTOCOL_KEYS = ("fid_features", "fid_samples", "sampler", "sample_steps", "cfg_
 TRAIN_KEYS = ("params", "gflops", "train_steps")
 
 
-class ResultsError(RuntimeError):
+class ResultsError(UserError, RuntimeError):
     """Missing or inconsistent run results; the message names the run or key."""
 
 
 def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"'{path}' is not valid JSON ({e})") from e
+    return read_json(path, fix="delete it and re-run the stage that writes it") if path.is_file() else {}
 
 
 def _rel(p: Path) -> str:
@@ -111,15 +109,13 @@ def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = N
     if not runs:
         raise ResultsError(f"no '<variant>/s<seed>/eval.json' under '{runs_dir}'. Fix: run the evaluate and collect stages")
     out_dir = out.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, thumbs = [], {}
     for variant, seeds in runs.items():
         row = aggregate_variant(variant, seeds)
         grid = seeds[0][3] / "grid.png"
         if grid.is_file():
             thumb = out_dir / "thumbs" / f"{variant}.png"
-            thumb.parent.mkdir(exist_ok=True)
-            shutil.copyfile(grid, thumb)
+            thumbs[thumb] = grid
             row["thumbnail"] = _rel(thumb)
         rows.append(row)
     presets = {r["preset"] for r in rows}
@@ -154,10 +150,12 @@ def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = N
     problems = validate_metrics(doc)
     if problems:
         raise ResultsError(f"'{out}' would not validate: " + "; ".join(problems))
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(out)
-    (out_dir / "README.md").write_text(summary_markdown(doc))
+    readme = summary_markdown(doc)
+    check_writable(out, out_dir / "README.md", *thumbs)
+    for thumb, grid in thumbs.items():  # written only once the document validates
+        copy_atomic(grid, thumb)
+    write_json(out, doc)
+    write_atomic(out_dir / "README.md", readme)
     return doc
 
 
@@ -210,8 +208,9 @@ def summary_markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+@friendly_errors
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = StageParser("results", __doc__)
     ap.add_argument("paper")
     ap.add_argument("--runs", help="per-run files (default papers/<paper>/results/runs)")
     ap.add_argument("--out", help="output file (default papers/<paper>/results/metrics.json)")
@@ -220,11 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     runs = Path(args.runs or f"papers/{args.paper}/results/runs")
     out = Path(args.out or f"papers/{args.paper}/results/metrics.json")
-    try:
-        doc = build(args.paper, runs, out, args.notebooks)
-    except ResultsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    doc = build(args.paper, runs, out, args.notebooks)
     for r in doc["rows"]:
         std = "" if r["fid_std"] is None else f" +- {r['fid_std']:.3f}"
         print(f"{args.paper}/{r['variant']}: FID {r['fid']:.3f}{std} ({r['fid_features']}, n={r['fid_samples']}, "

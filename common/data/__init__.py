@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from common.errors import UserError
 
-class DataError(RuntimeError):
+
+class DataError(UserError, RuntimeError):
     """A dataset that is missing, unreadable or unknown; the message names it and the fix."""
 
 

@@ -19,12 +19,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.errors import UserError, short_reason
+from common.io import atomic_write
+
 FEATURE_SPACE = "mnist-cnn"
 CKPT_NAME = "mnist-cnn.pt"
 REF_NAME = "ref_stats.npz"
 
 
-class FeatNetError(RuntimeError):
+class FeatNetError(UserError, RuntimeError):
     """A missing or unreadable feature network / reference file; the message names it."""
 
 
@@ -46,14 +49,46 @@ class FeatNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatNetConfig:
+        """Validated config; a bad value raises FeatNetError naming the key `featnet.<name>`."""
+        if not isinstance(d, dict):
+            raise FeatNetError(f"params key 'featnet' must be a mapping, got {type(d).__name__} ({d!r:.60})")
         known = {f.name for f in fields(cls)}
         for k in d:
             if k not in known:
                 raise FeatNetError(f"unknown featnet config key 'featnet.{k}' (known: {', '.join(sorted(known))})")
         d = dict(d)
         if "channels" in d:
-            d["channels"] = tuple(int(c) for c in d["channels"])
-        return cls(**d)
+            c = d["channels"]
+            if not (isinstance(c, (list, tuple)) and c and all(_is_int(x) and x >= 1 for x in c)):
+                raise FeatNetError(f"params key 'featnet.channels' must be a list of positive ints, got {c!r}")
+            d["channels"] = tuple(c)
+        for k, lo in _LOWER.items():
+            if k not in d:
+                continue
+            v, is_int = d[k], isinstance(getattr(cls, k), int)
+            if not is_int and isinstance(v, str):  # YAML 1.1 reads 2e-3 as a string
+                try:
+                    v = d[k] = float(v)
+                except ValueError:
+                    pass
+            ok = _is_int(v) if is_int else isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not ok or v < lo or (k == "lr" and v == 0):
+                what = f"an int >= {lo}" if is_int else ("a number > 0" if k == "lr" else f"a number >= {lo}")
+                raise FeatNetError(f"params key 'featnet.{k}' must be {what}, got {v!r}")
+        cfg = cls(**d)
+        if cfg.size < 2 ** len(cfg.channels):
+            raise FeatNetError(f"params key 'featnet.size' = {cfg.size} is too small for {len(cfg.channels)} "
+                               f"pooling blocks (at least {2 ** len(cfg.channels)})")
+        return cfg
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# lowest allowed value of each scalar featnet key
+_LOWER = {"feat_dim": 1, "num_classes": 2, "size": 1, "epochs": 1, "batch_size": 1, "lr": 0.0,
+          "weight_decay": 0.0, "max_shift": 0, "seed": 0, "max_steps": 0}
 
 
 class MnistCNN(nn.Module):
@@ -226,50 +261,63 @@ def save_featnet(fnet: FeatNet, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = asdict(fnet.cfg)
     cfg["channels"] = list(cfg["channels"])
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"state_dict": fnet.net.state_dict(), "config": cfg, "feature_space": FEATURE_SPACE}, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        torch.save({"state_dict": fnet.net.state_dict(), "config": cfg, "feature_space": FEATURE_SPACE}, f)
+
+
+def _locate(path: str | Path, name: str, suffix: str) -> tuple[Path, Path]:
+    """(directory, file) of a feature-network file given its directory or the file itself."""
+    path = Path(path)
+    if path.is_dir() or path.suffix != suffix:  # a directory, or the name of one not made yet
+        return path, path / name
+    return path.parent, path
+
+
+def _rebuild_fix(d: Path, path: Path | None = None) -> str:
+    """How to make the missing or corrupt file `path` of directory `d` (only its standard name can be made)."""
+    if path is not None and path.name not in (CKPT_NAME, REF_NAME):
+        return f"Fix: pass the directory that holds {CKPT_NAME} and {REF_NAME} (the featurenet stage's --out)"
+    return f"Fix: run `python -m pipelines.featurenet --out {d}` (it writes {d / CKPT_NAME} and {d / REF_NAME})"
 
 
 def load_featnet(path: str | Path) -> FeatNet:
     """Load the feature network from `mnist-cnn.pt` or from a directory holding it (weights_only=True)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CKPT_NAME
+    d, path = _locate(path, CKPT_NAME, ".pt")
     if not path.is_file():
-        raise FeatNetError(
-            f"feature network '{path}' not found. Fix: run `python -m pipelines.featurenet --out {path.parent}`"
-        )
+        raise FeatNetError(f"feature network '{path}' not found. {_rebuild_fix(d, path)}")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         cfg = FeatNetConfig.from_dict(ck["config"])
         net = MnistCNN(cfg.channels, cfg.feat_dim, cfg.num_classes)
         net.load_state_dict(ck["state_dict"])
-    except FeatNetError:
-        raise
-    except Exception as e:
-        raise FeatNetError(f"feature network '{path}' is unreadable ({type(e).__name__}: {e})") from e
+    except Exception as e:  # torch's own message would advise weights_only=False: wrong for a corrupt file
+        raise FeatNetError(f"feature network '{path}' is corrupt or not an {FEATURE_SPACE} network "
+                           f"({short_reason(e)}). {_rebuild_fix(d)}") from e
     return FeatNet(net, cfg)
 
 
 def load_ref_stats(path: str | Path) -> dict:
     """Reference statistics {"mu", "sigma", "features", ...} from `ref_stats.npz` or its directory."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / REF_NAME
+    d, path = _locate(path, REF_NAME, ".npz")
     if not path.is_file():
-        raise FeatNetError(
-            f"reference statistics '{path}' not found. Fix: run `python -m pipelines.featurenet --out {path.parent}`"
-        )
-    with np.load(path) as z:
-        missing = {"mu", "sigma", "features"} - set(z.files)
-        if missing:
-            raise FeatNetError(f"reference statistics '{path}' lack keys {sorted(missing)}")
-        return {k: z[k] for k in z.files}
+        raise FeatNetError(f"reference statistics '{path}' not found. {_rebuild_fix(d, path)}")
+    try:
+        with np.load(path) as z:
+            missing = {"mu", "sigma", "features"} - set(z.files)
+            ref = {k: z[k] for k in z.files}
+    except Exception as e:  # garbage, truncated or pickled: numpy / zipfile say why
+        raise FeatNetError(f"reference statistics '{path}' are corrupt ({short_reason(e)}). {_rebuild_fix(d)}") from e
+    if missing:
+        raise FeatNetError(f"reference statistics '{path}' lack keys {sorted(missing)}. {_rebuild_fix(d)}")
+    n, dim = ref["features"].shape if ref["features"].ndim == 2 else (0, 0)
+    if n < 2 or ref["mu"].shape != (dim,) or ref["sigma"].shape != (dim, dim):
+        raise FeatNetError(f"reference statistics '{path}' have inconsistent shapes (features "
+                           f"{ref['features'].shape}, mu {ref['mu'].shape}, sigma {ref['sigma'].shape}). {_rebuild_fix(d)}")
+    return ref
 
 
-def write_reference(fnet: FeatNet, out_dir: str | Path, split: str = "train") -> dict:
-    """Features of the real mnist5k `split` -> `<out_dir>/ref_stats.npz` (mu, sigma float64 + raw features)."""
+def reference_stats(fnet: FeatNet, split: str = "train") -> dict:
+    """Features of the real mnist5k `split` and their statistics (mu, sigma float64 + raw features)."""
     from common.data import mnist5k_split
 
     from .fid import feature_stats
@@ -277,9 +325,18 @@ def write_reference(fnet: FeatNet, out_dir: str | Path, split: str = "train") ->
     X, y = mnist5k_split(split)
     feats = fnet.extract(X)                              # (N, d) float64
     mu, sigma = feature_stats(feats)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ref = {"mu": mu, "sigma": sigma, "features": feats, "labels": y,
-           "feature_space": np.array(FEATURE_SPACE), "reference": np.array(f"mnist5k/{split}")}
-    np.savez(out / REF_NAME, **ref)
+    return {"mu": mu, "sigma": sigma, "features": feats, "labels": y,
+            "feature_space": np.array(FEATURE_SPACE), "reference": np.array(f"mnist5k/{split}")}
+
+
+def save_reference(ref: dict, out_dir: str | Path) -> None:
+    """`reference_stats` -> `<out_dir>/ref_stats.npz`, written atomically."""
+    with atomic_write(Path(out_dir) / REF_NAME) as f:
+        np.savez(f, **ref)
+
+
+def write_reference(fnet: FeatNet, out_dir: str | Path, split: str = "train") -> dict:
+    """Features of the real mnist5k `split` -> `<out_dir>/ref_stats.npz` (mu, sigma float64 + raw features)."""
+    ref = reference_stats(fnet, split)
+    save_reference(ref, out_dir)
     return ref

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 from scipy import linalg
 
+from common.errors import UserError
 
-class MetricsError(RuntimeError):
+
+class MetricsError(UserError, RuntimeError):
     """A metric that cannot be computed (bad shapes, missing weights); the message says why and the fix."""
 
 

@@ -36,7 +36,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common.config import RunConfig, deep_merge
 from common.diffusion import objective_from_config
+from common.errors import UserError
 from common.flops import model_flops
+from common.io import write_json
 from common.losses import LossContext, build_loss_terms
 from common.models import count_params, create_model
 from common.models.taps import Taps, unwrap
@@ -46,7 +48,7 @@ from .checkpoint import CheckpointError, kept_checkpoints, kept_path, load, load
 log = logging.getLogger("diffrepro.train")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. a NaN/inf loss); the last good checkpoint is kept."""
 
 
@@ -268,12 +270,6 @@ def _summary(cfg: RunConfig, model, n_params: int, flops: dict, stats: dict, wor
     return summary
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 # ---- the loop ------------------------------------------------------------------------------------
 def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log_to_dvclive: bool = True,
           on_mismatch: str = "error") -> dict:
@@ -359,10 +355,10 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
         if summary is None:
             summary = _summary(cfg, model, n_params, flops, stats, world, init_report)
             if rank == 0:
-                _write_json(out / "train.json", summary)
+                write_json(out / "train.json", summary)
         if rank == 0:
             if prev is None:
-                run_json.write_text(json.dumps(cfg_dict, indent=2))
+                write_json(run_json, cfg_dict, newline=False)
             print(f"{out} is already trained to {step} steps: nothing to do", flush=True)
         return summary
 
@@ -372,7 +368,7 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
             for p in [ckpt_path, *(p for _, p in kept_checkpoints(ckpt_dir)), out / "train.json"]:
                 p.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        run_json.write_text(json.dumps(cfg_dict, indent=2))
+        write_json(run_json, cfg_dict, newline=False)
         if step:
             print(f"resuming {out} from step {step}", flush=True)
         elif init_report:
@@ -483,7 +479,7 @@ def train(cfg: RunConfig, out_dir: str | Path, dataset=None, data_info=None, log
         prev_train = _read_json(out / "train.json", rank, "it is rewritten") or {}
         if prev_train.get("train_img_per_s") and summary["train_img_per_s"] is None:
             summary["train_img_per_s"] = prev_train["train_img_per_s"]
-        _write_json(out / "train.json", summary)
+        write_json(out / "train.json", summary)
     return summary
 
 

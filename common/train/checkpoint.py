@@ -2,53 +2,44 @@
 another run's weights into a model whose keys may differ (fine-tuning, `train.init_from`)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from common.errors import UserError, short_reason
+from common.io import atomic_write
 
-class CheckpointError(RuntimeError):
+RETRAIN = "Fix: delete it and re-run the train command (training restarts from step 0)"
+
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is corrupt, unreadable or belongs to another configuration."""
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _reason(e: Exception) -> str:
-    """torch.load's error on one line. Its weights-only advice (load with weights_only=False) is wrong for a
-    corrupt file, so only the unpickler's own reason is kept."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    if lines and lines[0].startswith("Weights only load failed"):
-        lines = [ln for ln in lines[1:] if not ln.startswith(("Please file", "Check the documentation"))]
-        lines = lines or ["not plain data"]
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def load(path: str | Path) -> dict:
+    """A checkpoint's dict; CheckpointError (one line, naming the file and the fix) if it is corrupt.
+
+    torch's own messages are not repeated whole: for a file that is not plain data they advise loading
+    with `weights_only=False`, which is wrong (and unsafe) advice for a corrupt file."""
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({_reason(e)})") from e
+        if "weights only load failed" in str(e).lower():
+            reason = "it holds objects other than tensors and plain data"
+        else:
+            reason = short_reason(e)
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint of this project ({reason}). "
+                              f"{RETRAIN}") from e
     missing = {"model", "ema", "step", "config"} - set(ckpt) if isinstance(ckpt, dict) else {"<dict>"}
     if missing:
-        raise CheckpointError(f"checkpoint {path} is incompatible: missing {sorted(missing)}")
+        raise CheckpointError(f"checkpoint {path} is incompatible: missing {sorted(missing)}. {RETRAIN}")
     return ckpt
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -32,11 +33,12 @@ POM = {"degree": 2, "expand": 2}  # the mixer measured (the paper's default, DiP
 
 @dataclass
 class BenchConfig:
-    tokens: list = field(default_factory=lambda: [64, 256, 1024, 4096, 16384])  # N of the mixer scaling
+    tokens: list[int] = field(default_factory=lambda: [64, 256, 1024, 4096, 16384])  # N of the mixer scaling
     dim: int = 256
     batch: int = 4
-    frames: list = field(default_factory=lambda: [4, 8, 16, 32])  # video lengths of the memory benchmark
+    frames: list[int] = field(default_factory=lambda: [4, 8, 16, 32])  # video lengths of the memory benchmark
     max_seconds: float = 150.0  # skip attention points predicted to take longer per forward+backward
+    ranges: ClassVar[dict] = {"dim": (1, None), "batch": (1, None), "max_seconds": (1e-9, None)}
 
 
 def measure_video_point(mixer: str, frames: int, model: str = "DiT-M/4", batch: int = 8, steps: int = 4,
