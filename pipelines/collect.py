@@ -11,16 +11,18 @@ built beside it under a temporary name, then renamed over it.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from pathlib import Path
+
+from common.errors import UserError
+
+from ._cli import StageParser, friendly_errors
 
 FILES = ("run.json", "train.json", "samples.json", "eval.json", "eval_steps.json", "grid.png", "SHARED_FROM")
 DIRS = ("dvclive",)
 
 
-class CollectError(RuntimeError):
+class CollectError(UserError, RuntimeError):
     """A source that is not a run directory, or a destination that would overlap it."""
 
 
@@ -51,16 +53,13 @@ def collect(src: Path, dst: Path) -> list[str]:
     return names
 
 
+@friendly_errors
 def main(argv=None) -> list[str]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = StageParser("collect", __doc__)
     ap.add_argument("src", help="run directory (runs/<paper>/<variant>/s<seed>)")
     ap.add_argument("dst", help="committed copy (papers/<paper>/results/runs/<variant>/s<seed>)")
     args = ap.parse_args(argv)
-    try:
-        names = collect(Path(args.src), Path(args.dst))
-    except (CollectError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    names = collect(Path(args.src), Path(args.dst))
     print(f"collected {args.src} -> {args.dst}: {', '.join(names)}")
     return names
 

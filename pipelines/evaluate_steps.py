@@ -17,19 +17,16 @@ Image runs only: video runs need the per-frame reference of the evaluate stage.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import sys
 from pathlib import Path
 
 import torch
 
-from common.config import parse_set, resolve
 from common.data import to_uint8
-from common.metrics.featnet import CKPT_NAME, FEATURE_SPACE, FeatNetError, load_featnet, load_ref_stats
+from common.errors import UserError
+from common.io import check_writable, write_json
+from common.metrics.featnet import CKPT_NAME, FEATURE_SPACE, load_featnet, load_ref_stats
 from common.metrics.fid import (
-    MetricsError,
     class_consistency,
     feature_stats,
     frechet_distance,
@@ -40,12 +37,20 @@ from common.sampling import generate
 from common.train import load_for_sampling
 from common.train.checkpoint import kept_checkpoints
 
-from ._cli import friendly_errors, paper_params
+from ._cli import (
+    StageParser,
+    add_run_args,
+    check_run_json,
+    config_from_args,
+    default_run_dir,
+    friendly_errors,
+    run_identity,
+)
 
 KID_SUBSETS, KID_SUBSET_SIZE, PR_K = 50, 1000, 3  # the evaluate stage's protocol
 
 
-class EvalStepsError(RuntimeError):
+class EvalStepsError(UserError, RuntimeError):
     """A run that cannot be evaluated over training; the message names the run or checkpoint."""
 
 
@@ -79,14 +84,9 @@ def evaluate_checkpoint(run: Path, path: Path, cfg, net, ref: dict, featnet_id: 
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("paper")
-    ap.add_argument("variant")
-    ap.add_argument("--seed", type=int, default=None, help="overrides train.seed and sample.seed")
+    ap = add_run_args(StageParser("evaluate_steps", __doc__))
     ap.add_argument("--run", default=None, help="run directory (default runs/<paper>/<variant>/s<seed>)")
     ap.add_argument("--featnet", default="data/featnet", help="directory with mnist-cnn.pt and ref_stats.npz")
-    ap.add_argument("--params", default=None, help="params file (default papers/<paper>/params.yaml)")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 keeps the default)")
     return ap.parse_args(argv)
 
@@ -94,35 +94,26 @@ def parse_args(argv=None):
 @friendly_errors
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    sets = parse_set(args.sets)
-    if args.seed is not None:
-        sets.setdefault("train", {})["seed"] = args.seed
-        sets.setdefault("sample", {})["seed"] = args.seed
-    cfg = resolve(paper_params(args.paper, args.params), args.paper, args.variant, sets)
+    cfg = config_from_args(args)
+    run = Path(args.run) if args.run else default_run_dir(cfg)
+    check_run_json(run, run_identity(cfg.to_dict()))
+    kept = kept_checkpoints(run / "ckpt")
+    if not kept:
+        raise EvalStepsError(f"no kept checkpoints (ckpt/step_<N>.pt) in run {run}: train it with train.keep_every > 0")
+    check_writable(run / "eval_steps.json")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    run = Path(args.run or f"runs/{cfg.paper}/{cfg.variant}/s{cfg.train.seed}")
-    try:
-        kept = kept_checkpoints(run / "ckpt")
-        if not kept:
-            raise EvalStepsError(f"no kept checkpoints (ckpt/step_<N>.pt) in run {run}: train it with "
-                                 f"train.keep_every > 0")
-        net, ref = load_featnet(args.featnet), load_ref_stats(args.featnet)
-        ckpt = Path(args.featnet) / CKPT_NAME if Path(args.featnet).is_dir() else Path(args.featnet)
-        featnet_id = f"{FEATURE_SPACE}@{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]}"
-        rows = []
-        for _, path in kept:
-            rows.append(evaluate_checkpoint(run, path, cfg, net, ref, featnet_id))
-            r = rows[-1]
-            print(f"{run} step {r['step']}: FID {r['fid']:.3f} ({r['fid_features']}, n={r['fid_samples']}) "
-                  f"class-consistency {r['class_consistency']:.3f}", flush=True)
-    except (EvalStepsError, FeatNetError, MetricsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    net, ref = load_featnet(args.featnet), load_ref_stats(args.featnet)
+    ckpt = Path(args.featnet) / CKPT_NAME if Path(args.featnet).is_dir() else Path(args.featnet)
+    featnet_id = f"{FEATURE_SPACE}@{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]}"
+    rows = []
+    for _, path in kept:
+        r = evaluate_checkpoint(run, path, cfg, net, ref, featnet_id)
+        rows.append(r)
+        print(f"{run} step {r['step']}: FID {r['fid']:.3f} ({r['fid_features']}, n={r['fid_samples']}) "
+              f"class-consistency {r['class_consistency']:.3f}", flush=True)
     doc = {"checkpoints": rows}
-    tmp = run / ".eval_steps.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(run / "eval_steps.json")
+    write_json(run / "eval_steps.json", doc)  # written once every kept checkpoint is evaluated
     print(f"wrote {run / 'eval_steps.json'} ({len(rows)} checkpoints)")
     return doc
 

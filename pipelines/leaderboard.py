@@ -16,7 +16,6 @@ the parent of `--papers` unless `--root` says otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import datetime as dt
 import json
@@ -27,12 +26,15 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from common.errors import UserError
 from common.metrics.schema import validate_metrics
+
+from ._cli import StageParser, friendly_errors
 
 PLACEHOLDER = "{{ data.json }}"  # where the template takes data.json
 
 
-class LeaderboardError(RuntimeError):
+class LeaderboardError(UserError, RuntimeError):
     """A malformed input or an unwritable output; the message names the file (and key)."""
 
 
@@ -174,18 +176,15 @@ def build(papers: Path, out: Path, root: Path | None = None) -> dict:
     return data
 
 
+@friendly_errors
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = StageParser("leaderboard", __doc__)
     ap.add_argument("--papers", default="papers", help="directory holding <p>/results/metrics.json")
     ap.add_argument("--out", default="leaderboard", help="output directory for index.html and data.json")
     ap.add_argument("--root", default=None, help="repo root the metrics.json paths are relative to "
                                                  "(default: parent of --papers)")
     args = ap.parse_args(argv)
-    try:
-        data = build(Path(args.papers), Path(args.out), Path(args.root) if args.root else None)
-    except LeaderboardError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    data = build(Path(args.papers), Path(args.out), Path(args.root) if args.root else None)
     ok = sum(p["status"] == "ok" for p in data["papers"])
     print(f"[leaderboard] {len(data['rows'])} rows from {ok} papers -> {Path(args.out) / 'index.html'}")
     return 0

@@ -10,8 +10,6 @@ latent size x the codec's downsampling: 32 x 8 = 256 px for ImageNet and the SD-
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from common.config import ConfigError
@@ -19,12 +17,12 @@ from common.data import DataError, info
 from common.data.codec import dataset_codec
 from common.data.latents import encode_imagefolder, latents_file
 
-from ._cli import friendly_errors
+from ._cli import StageParser, friendly_errors
 
 
 @friendly_errors
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = StageParser("prepare", __doc__)
     ap.add_argument("dataset", help="a registered latent dataset (e.g. imagenet)")
     ap.add_argument("--images", required=True, help="ImageFolder of the split: <class>/<image> files")
     ap.add_argument("--root", default="data", help="data root (the same as the runs' data.root)")

@@ -71,4 +71,4 @@ def test_a_run_of_another_variant(run, featnet_dir, capsys):
         evaluate_steps.main(["dit", "dit", "--run", str(run), "--featnet", str(featnet_dir), *_sets(),
                              "--set", "sample.sampler=ddim"])
     err = capsys.readouterr().err
-    assert e.value.code != 0 and "belongs to dit/sit, not dit/dit" in err and len(err.strip().splitlines()) == 1
+    assert e.value.code != 0 and "holds dit/sit" in err and "not dit/dit" in err and len(err.strip().splitlines()) == 1
