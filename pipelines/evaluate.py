@@ -33,20 +33,17 @@ from common.metrics.fid import (
     INCEPTION_ENV,
     INCEPTION_FILE,
     INCEPTION_SPACE,
+    PR_K,
     InceptionNet,
-    class_consistency,
     feature_stats,
     find_inception_weights,
-    frechet_distance,
-    kid,
+    image_metrics,
     load_reference,
-    precision_recall,
 )
 from common.metrics.video import temporal_consistency
 
 from ._cli import RUN_JSON_FIX, StageParser, check_run_json, friendly_errors
 
-KID_SUBSETS, KID_SUBSET_SIZE, PR_K = 50, 1000, 3
 MAX_REF_FRAMES = 5000
 RESAMPLE = "Fix: delete it and re-run the sample stage for this run"
 
@@ -169,7 +166,6 @@ def evaluate_run(run: Path, net, ref: dict, featnet_id: str, space: str = FEATUR
     meta = _read_json(run / "samples.json", required=False)
     train = _read_json(run / "train.json", required=False)
     dataset = train.get("dataset") or meta.get("dataset")
-    out = {}
     if x.ndim == 5:                                             # video: metrics over pooled frames
         n, f = x.shape[:2]
         vref = video_reference(net, dataset) if dataset else None
@@ -178,26 +174,13 @@ def evaluate_run(run: Path, net, ref: dict, featnet_id: str, space: str = FEATUR
         cond = None if labels is None else np.repeat(labels, f)
     else:
         n, f, images, cond = len(x), 0, x, labels
-    feats = net.extract(images)                                 # (M, d)
-    pred = net.classify(images) if hasattr(net, "classify") else None  # (M,)
-    out["fid"] = frechet_distance(ref["mu"], ref["sigma"], *feature_stats(feats))
-    out["kid"], out["kid_std"] = kid(ref["features"], feats, KID_SUBSETS, KID_SUBSET_SIZE)
-    out["precision"], out["recall"] = precision_recall(ref["features"], feats, k=PR_K)
-    out["class_consistency"] = None if cond is None or pred is None else class_consistency(pred, cond)
+    out, pred = image_metrics(images, cond, net, ref, space, featnet_id)
     if f:
         out["frame_fid"] = out["fid"]
         out["temporal_consistency"] = None if pred is None else temporal_consistency(pred.reshape(n, f))
         out["frames"] = int(f)
     out.update({
-        "fid_features": space,
-        "fid_samples": int(len(images)),
         "num_samples": int(n),
-        "reference": str(ref.get("reference", "mnist5k/train")),
-        "reference_samples": int(len(ref["features"])),
-        "featnet": featnet_id,
-        "kid_subsets": KID_SUBSETS,
-        "kid_subset_size": int(min(KID_SUBSET_SIZE, len(images), len(ref["features"]))),
-        "pr_k": PR_K,
         "sampler": meta.get("sampler"),
         "sample_steps": meta.get("steps"),
         "cfg_scale": meta.get("cfg_scale"),

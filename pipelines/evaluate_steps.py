@@ -26,13 +26,7 @@ from common.data import to_uint8
 from common.errors import UserError
 from common.io import check_writable, write_json
 from common.metrics.featnet import CKPT_NAME, FEATURE_SPACE, load_featnet, load_ref_stats
-from common.metrics.fid import (
-    class_consistency,
-    feature_stats,
-    frechet_distance,
-    kid,
-    precision_recall,
-)
+from common.metrics.fid import image_metrics
 from common.sampling import generate
 from common.train import load_for_sampling
 from common.train.checkpoint import kept_checkpoints
@@ -46,8 +40,6 @@ from ._cli import (
     friendly_errors,
     run_identity,
 )
-
-KID_SUBSETS, KID_SUBSET_SIZE, PR_K = 50, 1000, 3  # the evaluate stage's protocol
 
 
 class EvalStepsError(UserError, RuntimeError):
@@ -66,16 +58,9 @@ def evaluate_checkpoint(run: Path, path: Path, cfg, net, ref: dict, featnet_id: 
     train_cfg.sample = sc
     images, labels, secs = generate(model, train_cfg, progress=False)       # (N, C, H, W) in [-1, 1]
     x = to_uint8(images).movedim(1, -1).contiguous().numpy()                # (N, H, W, C) uint8, as samples.npz
-    feats, pred = net.extract(x), net.classify(x)                           # (N, d), (N,)
-    out = {"step": step, "fid": frechet_distance(ref["mu"], ref["sigma"], *feature_stats(feats))}
-    out["kid"], out["kid_std"] = kid(ref["features"], feats, KID_SUBSETS, KID_SUBSET_SIZE)
-    out["precision"], out["recall"] = precision_recall(ref["features"], feats, k=PR_K)
-    out["class_consistency"] = class_consistency(pred, labels.numpy())
+    out, _ = image_metrics(x, labels.numpy(), net, ref, FEATURE_SPACE, featnet_id)
+    out = {"step": step, **out, "num_samples": len(x)}
     out.update({
-        "fid_features": FEATURE_SPACE, "fid_samples": len(x), "num_samples": len(x),
-        "reference": str(ref.get("reference", "mnist5k/train")), "reference_samples": len(ref["features"]),
-        "featnet": featnet_id, "kid_subsets": KID_SUBSETS,
-        "kid_subset_size": int(min(KID_SUBSET_SIZE, len(x), len(ref["features"]))), "pr_k": PR_K,
         "sampler": sc.sampler, "sample_steps": sc.steps, "cfg_scale": sc.cfg_scale, "ema": sc.use_ema,
         "sample_seed": sc.seed, "sample_s_per_img": secs / len(x), "dataset": train_cfg.data.name,
         "preset": train_cfg.preset,

@@ -184,6 +184,27 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_ENV = "DIFFREPRO_INCEPTION_WEIGHTS"
 
 
+
+KID_SUBSETS, KID_SUBSET_SIZE, PR_K = 50, 1000, 3  # the evaluate stages' protocol
+
+
+def image_metrics(images: np.ndarray, labels, net, ref: dict, space: str, featnet_id: str):
+    """(metrics, predicted classes or None): FID, KID, precision/recall and class-consistency of uint8
+    images (M, H, W, C) against the reference statistics `ref` (mu, sigma, features) in the feature space
+    of `net`, beside their protocol. `labels` (M,) are the asked classes (None: unconditional); a net
+    without `classify` (Inception) leaves class consistency null. Shared by the evaluate stages."""
+    feats = net.extract(images)                                 # (M, d)
+    pred = net.classify(images) if hasattr(net, "classify") else None  # (M,)
+    out = {"fid": frechet_distance(ref["mu"], ref["sigma"], *feature_stats(feats))}
+    out["kid"], out["kid_std"] = kid(ref["features"], feats, KID_SUBSETS, KID_SUBSET_SIZE)
+    out["precision"], out["recall"] = precision_recall(ref["features"], feats, k=PR_K)
+    out["class_consistency"] = None if labels is None or pred is None else class_consistency(pred, labels)
+    out.update({"fid_features": space, "fid_samples": int(len(images)),
+                "reference": str(ref.get("reference", "mnist5k/train")), "reference_samples": int(len(ref["features"])),
+                "featnet": featnet_id, "kid_subsets": KID_SUBSETS,
+                "kid_subset_size": int(min(KID_SUBSET_SIZE, len(images), len(ref["features"]))), "pr_k": PR_K})
+    return out, pred
+
 def find_inception_weights(weights_path: str | None = None, search_dirs=()) -> str | None:
     """A local file of torch-fidelity's InceptionV3 weights, or None: `weights_path` (which must exist),
     $DIFFREPRO_INCEPTION_WEIGHTS, `<dir>/weights-inception-2015-12-05-6726825d.pth` for each of
