@@ -39,6 +39,13 @@ def generate(model, cfg, num_samples: int | None = None, indices=None, progress:
         objective.grid(sc.steps, sc.time_grid, sc.shift)  # fail before sampling anything
     except ValueError as e:
         raise ConfigError(f"params key 'sample.time_grid' = {sc.time_grid!r}: {e}") from e
+    if video_mode == "sequential":  # frame-by-frame generation needs a block-causal video model
+        from common.diffusion.video import check_sequential_model
+
+        try:
+            check_sequential_model(model)
+        except ValueError as e:
+            raise ConfigError(f"video mode 'sequential': {e}") from None
     if sc.frames and not model.frames:
         raise ConfigError(f"params key 'sample.frames' = {sc.frames} is for video models; this model makes images")
     n = num_samples or sc.num_samples

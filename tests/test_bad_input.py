@@ -185,6 +185,13 @@ def test_sample_ddpm_variant_on_a_flow_run(ws, capsys):
             "holds dit/sit", "not dit/dit", "variant")
 
 
+def test_sample_sequential_video_mode_on_an_image_run(ws, capsys):
+    """Frame-by-frame generation needs a block-causal video model: one line, not a traceback (and not a
+    silent fall-back to parallel sampling)."""
+    refused(capsys, ws, "sample", ["dit", "sit", "--run", ws / "runs" / "sit", "--video-mode", "sequential",
+                                   *_sets()], "video mode 'sequential'", "video model")
+
+
 def test_sample_corrupt_run_json(ws, capsys):
     (ws / "runs" / "sit" / "run.json").write_text('{"paper": "dit", ')
     refused(capsys, ws, "sample", ["dit", "sit", "--run", ws / "runs" / "sit", *_sets()],

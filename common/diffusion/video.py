@@ -49,6 +49,13 @@ def _check(objective, model, noise, sampler):
         raise KeyError(f"sequential video sampling supports the objectives ['ddpm', 'flow'], got '{name}'")
     if noise.dim() != 5:
         raise ValueError(f"sequential sampling needs video noise (B, F, C, H, W), got shape {tuple(noise.shape)}")
+    check_sequential_model(model)
+    return get_sampler(name, sampler)
+
+
+def check_sequential_model(model) -> None:
+    """ValueError unless `model` can generate frame by frame: a video model, block-causal, every mixer
+    with a recurrent `step`."""
     if not getattr(model, "frames", 0):
         raise ValueError("sequential sampling needs a video model (built with frames > 0)")
     if getattr(model, "mask", None) != "block":
@@ -57,7 +64,6 @@ def _check(objective, model, noise, sampler):
     missing = [m for m, b in zip(model.mixers, model.blocks) if not hasattr(b.attn, "step")]
     if missing:
         raise ValueError(f"mixers {sorted(set(missing))} have no recurrent `step`; sequential sampling needs one")
-    return get_sampler(name, sampler)
 
 
 @torch.no_grad()
@@ -116,4 +122,4 @@ def state_bytes(states) -> int:
     return 0
 
 
-__all__ = ["sample_sequential", "sample_sequential_with_states", "state_bytes"]
+__all__ = ["sample_sequential", "sample_sequential_with_states", "check_sequential_model", "state_bytes"]
