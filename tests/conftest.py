@@ -16,6 +16,16 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models and tensors: one thread is faster than two fighting over a shared 2-core machine.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_vae():
     """A randomly initialised diffusers AutoencoderKL built from a config (no download): RGB (3, H, W)

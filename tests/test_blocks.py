@@ -13,12 +13,7 @@ from common.nn import Mlp, modulate
 TINY = dict(depth=2, hidden_size=32, num_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class RawTimeBlock(nn.Module):
