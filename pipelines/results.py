@@ -27,13 +27,17 @@ import numpy as np
 
 from common.errors import UserError
 from common.io import check_writable, copy_atomic, read_json, write_atomic, write_json
-from common.metrics.schema import validate_metrics
+from common.metrics.schema import RULE_TEXT, claim_specs, judge_all, validate_metrics
 
-from ._cli import StageParser, friendly_errors
+from ._cli import StageParser, friendly_errors, known_papers, paper_params
+
+CALIBRATION = "data/featnet/calibration.json"  # noise floors and the video gate (the calibrate stage)
 
 # averaged over seeds (eval.json first, then train.json)
 MEAN_KEYS = ("fid", "kid", "precision", "recall", "class_consistency", "frame_fid", "temporal_consistency",
              "sample_s_per_img", "sample_seconds", "train_img_per_s", "train_seconds")
+# also kept seed by seed (`<key>_per_seed`): the verdict rule compares arms on these
+PER_SEED_KEYS = ("fid", "kid", "precision", "recall", "class_consistency", "frame_fid", "temporal_consistency")
 # must agree across seeds; taken from the first seed
 PROTOCOL_KEYS = ("fid_features", "fid_samples", "sampler", "sample_steps", "cfg_scale", "ema", "reference")
 TRAIN_KEYS = ("params", "gflops", "train_steps")
@@ -89,6 +93,8 @@ def aggregate_variant(variant: str, seeds: list[tuple[int, dict, dict, Path]]) -
             if any(v is None for v in vals):
                 raise ResultsError(f"variant '{variant}': '{k}' is missing in some seeds")
             row[k] = float(np.mean(vals))
+            if k in PER_SEED_KEYS:
+                row[f"{k}_per_seed"] = [float(v) for v in vals]
     fids = [m["fid"] for m in merged if _num(m.get("fid")) is not None]
     if len(fids) != len(merged):
         missing = [str(s[3]) for s, m in zip(seeds, merged) if _num(m.get("fid")) is None]
@@ -104,7 +110,8 @@ def aggregate_variant(variant: str, seeds: list[tuple[int, dict, dict, Path]]) -
     return row
 
 
-def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = None) -> dict:
+def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = None, params: str | None = None,
+          calibration: str | None = CALIBRATION) -> dict:
     runs = collect_runs(runs_dir)
     if not runs:
         raise ResultsError(f"no '<variant>/s<seed>/eval.json' under '{runs_dir}'. Fix: run the evaluate and collect stages")
@@ -137,14 +144,18 @@ def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = N
             raise ResultsError(f"papers.{paper} must define {attr} as a string")
     bench_path = out_dir / "bench.json"
     extra = {"bench": _load(bench_path) or None}
-    claims = mod.claims(rows, extra) if callable(getattr(mod, "claims", None)) else []
+    # the claims declared in the paper's params, judged by the one rule; then any the module adds (benchmarks)
+    specs = claim_specs(paper_params(paper, params)) if params or paper in known_papers() else []
+    calib = _load(Path(calibration)) if calibration else {}
+    claims = judge_all(specs, rows, calib or None)
+    claims += list(mod.claims(rows, extra) or []) if callable(getattr(mod, "claims", None)) else []
 
     nb_dir = out_dir / "notebooks"
     names = notebooks if notebooks is not None else sorted(p.stem for p in nb_dir.glob("*.html"))
     doc = {
         "paper": paper, "title": mod.TITLE, "arxiv": mod.ARXIV, "preset": preset or "unknown",
         "dataset": dataset or "unknown", "toy_scale": preset != "paper",
-        "rows": rows, "claims": list(claims or []),
+        "rows": rows, "claims": claims, "rule": RULE_TEXT,
         "notebooks": {n: _rel(nb_dir / f"{n}.html") for n in names},
     }
     problems = validate_metrics(doc)
@@ -199,9 +210,12 @@ def summary_markdown(doc: dict) -> str:
         out.append(f"| `{r['variant']}` | {n} | {tr:.1f} | {sa:.1f} | {n * (tr + sa):.1f} |")
     out += [f"| all | | | | **{total:.1f}** |", ""]
     if doc.get("claims"):
-        out += ["| claim | paper | measured | verdict |", "|---|---|---|---|"]
-        out += [f"| {c['claim']} | {c['paper']} | {c['measured']} | **{c['verdict']}** |" for c in doc["claims"]]
+        out += ["| claim | paper | measured | verdict | why | rule | gate |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {c['claim']} | {c['paper']} | {c['measured']} | **{c['verdict']}** | {c.get('reason', '')} "
+                f"| {c.get('rule', '')} | {(c.get('gate') or {}).get('detail', '')} |" for c in doc["claims"]]
         out.append("")
+    if doc.get("rule"):
+        out += [f"The verdict rule: {doc['rule']}", ""]
     links = [f"[{n}](notebooks/{n}.html)" for n in doc.get("notebooks", {})]
     if links:
         out += ["Executed notebooks: " + ", ".join(links) + "; figures in [`figures/`](figures/).", ""]
@@ -214,12 +228,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("paper")
     ap.add_argument("--runs", help="per-run files (default papers/<paper>/results/runs)")
     ap.add_argument("--out", help="output file (default papers/<paper>/results/metrics.json)")
+    ap.add_argument("--params", help="params file with the `claims:` section (default papers/<paper>/params.yaml)")
+    ap.add_argument("--calibration", default=CALIBRATION, help="real-vs-real noise floors and the video gate")
     ap.add_argument("--notebooks", nargs="*", default=None,
                     help="notebook names to link (<out dir>/notebooks/<name>.html); default: the existing ones")
     args = ap.parse_args(argv)
     runs = Path(args.runs or f"papers/{args.paper}/results/runs")
     out = Path(args.out or f"papers/{args.paper}/results/metrics.json")
-    doc = build(args.paper, runs, out, args.notebooks)
+    doc = build(args.paper, runs, out, args.notebooks, args.params, args.calibration)
     for r in doc["rows"]:
         std = "" if r["fid_std"] is None else f" +- {r['fid_std']:.3f}"
         print(f"{args.paper}/{r['variant']}: FID {r['fid']:.3f}{std} ({r['fid_features']}, n={r['fid_samples']}, "

@@ -10,7 +10,7 @@ from PIL import Image
 
 from common.data import mnist5k_split
 from common.metrics import FeatNetConfig, save_featnet, train_featnet, validate_metrics, write_reference
-from common.metrics.schema import mean_std, verdict_lower_is_better
+from common.metrics.schema import mean_std
 from pipelines import evaluate, results
 
 
@@ -103,7 +103,9 @@ def fake_paper(monkeypatch):
         a, b = by["pom"], by["attn"]
         return [{"claim": "PoM has lower FID than attention", "paper": "Table 2",
                  "measured": f"{mean_std(a['fid'], a['fid_std'])} vs {mean_std(b['fid'], b['fid_std'])}",
-                 "verdict": verdict_lower_is_better(a["fid"], a["fid_std"], b["fid"], b["fid_std"])}]
+                 "compares": ["pom", "attn"], "rule": "a measurement of the test",
+                 "values": {"pom": a["fid_per_seed"], "attn": b["fid_per_seed"]},
+                 "gate": {"passed": None, "detail": "none"}, "verdict": "inconclusive"}]
 
     mod.claims = claims
     monkeypatch.setitem(sys.modules, "papers.fakepaper", mod)
@@ -136,13 +138,14 @@ def test_results_aggregates_two_seeds(tmp_path, monkeypatch, heldout, fake_paper
     assert (doc["title"], doc["arxiv"], doc["preset"], doc["dataset"]) == ("A Fake Paper", "2411.12663",
                                                                            "tiny", "mnist5k")
     assert doc["toy_scale"] is True
-    assert doc["claims"][0]["verdict"] == "reproduced"
+    assert doc["claims"][0]["verdict"] == "inconclusive" and doc["rule"].startswith("One rule")
     assert fake_paper["extra"] == {"bench": {"pom": {"ms": 1.0}}}
     assert doc["notebooks"] == {"samples": "papers/fakepaper/results/notebooks/samples.html"}
     assert pom["sample_seconds"] == pytest.approx(2.0)  # 0.01 s/img x 200 samples
     readme = (out_dir / "README.md").read_text()  # the same numbers as Markdown, for GitHub readers
     assert "| `pom` | mnist5k | 10.50 ± 0.71 (n=200) |" in readme
-    assert "PoM has lower FID than attention" in readme and "**reproduced**" in readme
+    assert "PoM has lower FID than attention" in readme and "**inconclusive**" in readme
+    assert pom["fid_per_seed"] == pytest.approx([pom["fid"] - 0.5, pom["fid"] + 0.5])  # the rule reads these
     assert "toy scale" in readme and "[samples](notebooks/samples.html)" in readme
 
 

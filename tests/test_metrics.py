@@ -21,9 +21,6 @@ from common.metrics import (
     save_featnet,
     temporal_consistency,
     validate_metrics,
-    verdict_comparable,
-    verdict_higher_is_better,
-    verdict_lower_is_better,
 )
 from common.metrics.featnet import _random_shift
 
@@ -186,12 +183,3 @@ def test_schema_rejects_bad_documents(edit, expected):
     assert validate_metrics([1, 2]) != []
 
 
-def test_verdicts():
-    assert verdict_lower_is_better(10.0, 0.5, 12.0, 0.5) == "reproduced"        # 2.0 > 2 * 0.71
-    assert verdict_lower_is_better(12.0, 0.5, 10.0, 0.5) == "not reproduced"
-    assert verdict_lower_is_better(10.0, 1.0, 11.0, 1.0) == "inconclusive"
-    assert verdict_lower_is_better(10.0, None, 20.0, None) == "inconclusive"    # one seed: no spread
-    assert verdict_higher_is_better(0.9, 0.01, 0.8, 0.01) == "reproduced"
-    assert verdict_higher_is_better(0.8, 0.01, 0.9, 0.01) == "not reproduced"
-    assert verdict_comparable(10.5, 0.2, 10.0, 0.2, rel_tol=0.1) == "reproduced"
-    assert verdict_comparable(20.0, 0.2, 10.0, 0.2, rel_tol=0.1) == "not reproduced"

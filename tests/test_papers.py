@@ -8,7 +8,7 @@ import yaml
 
 import papers
 from common.config import resolve
-from common.metrics.schema import VERDICTS, validate_metrics
+from common.metrics.schema import VERDICTS, claim_specs, judge_all, validate_metrics
 from common.models import create_model
 from pipelines._cli import known_papers, paper_params
 
@@ -73,63 +73,56 @@ def test_dipom_is_dit_with_pom_only():
     assert a == b
 
 
-def _row(variant, fid, **kw):
-    return {"variant": variant, "fid": fid, "fid_std": 0.1, "fid_features": "mnist-cnn", "fid_samples": 100,
-            "seeds": [0, 1, 2], **kw}
+def _row(variant, fid, cc=0.9, **kw):
+    fids = [fid - 0.1, fid, fid + 0.1]
+    return {"variant": variant, "fid": fid, "fid_std": 0.1, "fid_features": "mnist-cnn", "fid_samples": 1000,
+            "seeds": [0, 1, 2], "fid_per_seed": fids, "class_consistency": cc,
+            "class_consistency_per_seed": [cc] * 3, **kw}
+
+
+CALIB = {"image": {"fid_real_vs_real": {"300": 0.9, "1000": 0.3}}}
 
 
 @pytest.mark.parametrize("paper", PAPERS)
 def test_claims_give_valid_verdicts(paper):
-    """Every paper module: title, arXiv id, docstring; claims over rows of its variants form a valid metrics.json."""
+    """Every paper: title, arXiv id, docstring; its declared claims parse and, judged by the rule over rows of
+    its variants (plus the module's own benchmark claims), form a valid metrics.json."""
     mod = papers.load(paper)
     assert mod.TITLE and mod.ARXIV and mod.__doc__
-    rows = [_row(v, 10.0 + i) for i, v in enumerate(_variants(paper))]
-    extra = {"bench": {"scaling": {"pom_slope": 1.0, "attention_slope": 1.9, "speedup_4096": 3.0, "crossover_n": 512},
-                       "video": {"pom_mem_ratio": 1.0, "attention_mem_ratio": 3.0}}}
-    claims = mod.claims(rows, extra) if hasattr(mod, "claims") else []
+    specs = claim_specs(paper_params(paper))
+    variants = set(_variants(paper)) | {r["variant"] for r in _shared(paper)}
+    for s in specs:
+        assert set(s.compares) <= variants, f"claim {s.key} compares a variant the pipeline does not run"
+    rows = [_row(v, 10.0 + i) for i, v in enumerate(sorted(variants))]
+    extra = {"bench": {"scaling": {"pom_slope": 1.0, "attention_slope": 1.9, "speedup_4096": 3.0, "crossover_n": 512}}}
+    claims = judge_all(specs, rows, CALIB) + (mod.claims(rows, extra) if hasattr(mod, "claims") else [])
     for c in claims:
-        assert set(c) >= {"claim", "paper", "measured", "verdict"} and c["verdict"] in VERDICTS
+        assert c["verdict"] in VERDICTS and c["rule"] and "gate" in c
     doc = {"paper": paper, "title": mod.TITLE, "arxiv": mod.ARXIV, "preset": "tiny", "dataset": "mnist5k",
            "rows": rows, "claims": claims}
     assert validate_metrics(doc) == []
 
 
-def test_dit_claims_judge_both_lengths():
-    from papers.dit import claims
+def _shared(paper):
+    """Rows a paper takes from another (PoM's attention reference)."""
+    ref = paper_params(paper).get("reference")
+    return [{"variant": "dit-attention"}] if ref else []
 
-    rows = [_row(v, 10.0 + i) for i, v in enumerate(["sit", "dit", "sit-p8", "sit-4k", "dit-4k", "sit-p8-4k"])]
-    out = claims(rows, {})
-    assert [c["verdict"] for c in out[:2]] == ["reproduced", "reproduced"]  # lower by 3 > 2 sigma (0.14)
-    assert "4,000 steps" in out[0]["claim"] and "sit-4k" in out[0]["measured"]
-    assert "1,500 steps" in out[1]["claim"] and "sit 10.00" in out[1]["measured"]
+
+def test_dit_claims_are_judged_by_the_rule():
+    rows = [_row("sit", 4.0), _row("dit", 40.0, cc=0.3), _row("sit-p8", 9.0)]
+    out = {c["key"]: c for c in judge_all(claim_specs(paper_params("dit")), rows, CALIB)}
+    flow = out["flow-beats-ddpm"]
+    assert flow["verdict"] == "reproduced" and flow["compares"] == ["sit", "dit"]
+    assert "dit class-consistency 0.30 < 0.8" in flow["reason"]  # the failed arm's gate is shown beside it
+    assert out["smaller-patches-better"]["verdict"] == "reproduced"
 
 
 def test_pom_parity_claim_reads_the_shared_reference():
-    from papers.pom import claims
-
-    first = claims([_row("dit-attention", 10.0), _row("dipom", 10.2)], {})[0]
-    assert first["verdict"] == "reproduced" and "dipom 10.20" in first["measured"]
-
-
-def test_dit_claims_name_the_missing_variant():
-    from papers.dit import claims
-
-    row = {"variant": "sit", "fid": 10.0, "fid_std": 0.1, "fid_features": "mnist-cnn", "fid_samples": 100}
-    first = claims([row, {**row, "variant": "dit"}], {})[0]  # no 4,000-step runs yet
-    assert first["verdict"] == "inconclusive" and first["measured"] == "missing variant sit-4k"
-
-
-def test_dit_quality_gate_judges_the_longest_sit_run():
-    from papers.dit import claims
-
-    row = {"fid": 10.0, "fid_std": 0.1, "fid_features": "mnist-cnn", "fid_samples": 100}
-    short = {**row, "variant": "sit", "train_steps": 1500, "seeds": [0, 1, 2], "class_consistency": 0.57}
-    long = {**row, "variant": "sit-4k", "train_steps": 4000, "seeds": [0], "class_consistency": 0.9}
-    gate = claims([short], {})[-1]
-    assert gate["verdict"] == "not reproduced" and "0.57" in gate["measured"]
-    gate = claims([short, long], {})[-1]
-    assert gate["verdict"] == "reproduced" and "sit-4k (4000 steps, 1 seed): 0.90" in gate["measured"]
-    assert claims([], {})[-1]["verdict"] == "inconclusive"
+    rows = [_row("dit-attention", 10.0), _row("dipom", 10.2)]
+    out = {c["key"]: c for c in judge_all(claim_specs(paper_params("pom")), rows, CALIB)}
+    assert out["parity"]["verdict"] == "reproduced" and "dipom 10.20" in out["parity"]["measured"]
+    assert out["degree-2-beats-1"]["verdict"] == "inconclusive" and "dipom-k1" in out["degree-2-beats-1"]["reason"]
 
 
 def test_known_papers():

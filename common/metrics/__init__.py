@@ -37,14 +37,7 @@ from .fid import (
     load_reference,
     precision_recall,
 )
-from .schema import (
-    VERDICTS,
-    mean_std,
-    validate_metrics,
-    verdict_comparable,
-    verdict_higher_is_better,
-    verdict_lower_is_better,
-)
+from .schema import RULE_TEXT, VERDICTS, ClaimSpec, claim_specs, judge, judge_all, mean_std, validate_metrics
 from .video import frame_fid, temporal_consistency, video_metrics
 
 __all__ = [
@@ -53,7 +46,6 @@ __all__ = [
     "INCEPTION_SPACE", "InceptionNet", "MetricsError", "bench_fid", "class_consistency", "feature_stats",
     "fid_cleanfid", "fid_from_features", "fid_from_stats", "fid_torchmetrics", "find_inception_weights",
     "frechet_distance", "inception_features", "kid", "load_reference", "precision_recall",
-    "VERDICTS", "mean_std", "validate_metrics", "verdict_comparable", "verdict_higher_is_better",
-    "verdict_lower_is_better",
+    "RULE_TEXT", "VERDICTS", "ClaimSpec", "claim_specs", "judge", "judge_all", "mean_std", "validate_metrics",
     "frame_fid", "temporal_consistency", "video_metrics",
 ]
