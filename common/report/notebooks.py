@@ -357,11 +357,47 @@ def results_table(m: dict) -> pd.DataFrame:
 
 
 def claims_table(m: dict):
-    """Claims with the paper's value, ours and the verdict (coloured)."""
-    claims = pd.DataFrame(m.get("claims") or [], columns=["claim", "paper", "measured", "verdict"])
-    claims = claims.rename(columns={"paper": "paper value", "measured": "our value"})
+    """Claims with the paper's value, ours, the verdict (coloured) and, beside it, why, the rule and the gates."""
+    claims = pd.DataFrame(m.get("claims") or [])
+    if claims.empty:
+        return claims
+    claims["gate"] = [g.get("detail", "") if isinstance(g, dict) else "" for g in claims.get("gate", [None] * len(claims))]
+    cols = [c for c in ("claim", "paper", "measured", "verdict", "reason", "rule", "gate") if c in claims]
+    claims = claims[cols].rename(columns={"paper": "paper value", "measured": "our value", "reason": "why"})
     return claims.style.map(lambda v: f"background-color: {VERDICT_COLORS.get(str(v).strip().lower(), 'white')}",
                             subset=["verdict"])
+
+
+def claims_figure(m: dict) -> Figure | None:
+    """One panel per seed-compared claim: each arm's per-seed values (dots) and mean (bar), the margin
+    around the reference arm's mean, and the verdict with its Welch interval in the title."""
+    claims = [c for c in m.get("claims") or [] if c.get("kind") in ("better", "comparable") and c.get("values")]
+    if not claims:
+        return None
+    fig, axes = _axes(1, len(claims), 3.6 * len(claims), 3.6)
+    for ax, c in zip(axes[0], claims):
+        arms = list(c["values"])
+        for i, arm in enumerate(arms):
+            v = np.asarray(c["values"][arm], float)
+            passed = ((c.get("gate") or {}).get("arms") or {}).get(arm, {}).get("passed")
+            color = {True: "tab:green", False: "tab:red"}.get(passed, "tab:gray")
+            if len(v):
+                ax.scatter(np.full(len(v), i) + np.linspace(-0.08, 0.08, len(v)), v, color=color, zorder=3)
+                ax.hlines(v.mean(), i - 0.25, i + 0.25, color=color, lw=2)
+        if len(arms) == 2 and c["values"].get(arms[1]):
+            ref, margin = float(np.mean(c["values"][arms[1]])), float(c.get("margin") or 0)
+            ax.axhspan(ref - margin, ref + margin, color="tab:blue", alpha=0.08, label=f"reference ± margin {margin:g}")
+        ax.set_xticks(range(len(arms)), arms)
+        ax.set_xlim(-0.6, len(arms) - 0.4)
+        ax.set_ylabel(f"{c.get('metric', '')} ({c.get('direction', '')} is better)")
+        est = c.get("estimate") or {}
+        ci = est.get("ci90")
+        sub = f"gain {est['diff']:.2f}, 90% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else (c.get("reason") or "")[:40]
+        ax.set_title(f"{c.get('key', '')}: {c['verdict']}\n{sub}", fontsize=9,
+                     color={"reproduced": "darkgreen", "not reproduced": "darkred"}.get(c["verdict"], "black"))
+    fig.suptitle("claims: per-seed values (green: arm passes its gate, red: fails)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _first(rows: pd.DataFrame, key: str) -> str:
