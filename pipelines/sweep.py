@@ -9,7 +9,8 @@ pipeline. It reads `dvc exp show --json -A --no-pager` (run here, or a saved cop
 keeps the experiments whose params include the sweep's params file (`--params`; by default the one
 `.../sweep/params.yaml` the experiments name) and writes:
 
-- `sweep.json`: the protocol (dataset, feature space, sample count, gate) and one row per experiment:
+- `sweep.json`: the protocol (dataset, feature space, sample count, gate; `note` says it in one line, as
+  sweep.md and the leaderboard show it) and one row per experiment:
   its name and state, `changed` (the params that differ from the params file as it is in the working
   tree, i.e. the recipe at HEAD unless edited), seed, steps, FID, class-consistency, precision,
   recall, training time and throughput, parameters, GFLOPs, `gate_passed` and, when train.json has
@@ -33,10 +34,12 @@ from pathlib import Path, PurePosixPath
 from common.config import load_params
 from common.errors import UserError
 from common.io import check_writable, write_atomic, write_json
+from common.metrics import schema
 
 from ._cli import StageParser, friendly_errors
 
-GATE_METRIC, GATE_MIN = "class_consistency", 0.8  # the image gate of the verdict rule (DESIGN.md: Verdicts)
+# The image gate of the verdict rule (DESIGN.md: Verdicts), from the schema once it defines it.
+GATE_METRIC, GATE_MIN = "class_consistency", getattr(schema, "IMAGE_GATE", 0.8)
 SWEEP_PARAMS = re.compile(r"(^|/)sweep/params\.yaml$")
 EVAL_KEYS = ("fid", "fid_samples", "class_consistency", "precision", "recall", "kid")
 TRAIN_KEYS = ("train_seconds", "train_img_per_s", "params", "gflops")
@@ -183,12 +186,13 @@ def build(doc: list, params_file: str, base_params: dict, base_name: str = "base
     rows.sort(key=lambda r: (r["name"] != base_name, sorted(r["changed"]), r["name"]))
     features = sorted({str(r["fid_features"]) for r in rows if r["fid_features"]})
     samples = sorted({r["fid_samples"] for r in rows if r["fid_samples"] is not None})
-    return {"params_file": params_file, "base": base_name, "preset": base_params.get("preset"),
-            "toy_scale": base_params.get("preset") != "paper",
-            "dataset": (base_params.get("data") or {}).get("name"),
-            "fid_features": " / ".join(features) or None,
-            "fid_samples": samples[0] if len(samples) == 1 else samples or None,
-            "gate": {"metric": GATE_METRIC, "min": GATE_MIN}, "rows": rows}
+    out = {"params_file": params_file, "base": base_name, "preset": base_params.get("preset"),
+           "toy_scale": base_params.get("preset") != "paper",
+           "dataset": (base_params.get("data") or {}).get("name"),
+           "fid_features": " / ".join(features) or None,
+           "fid_samples": samples[0] if len(samples) == 1 else samples or None,
+           "gate": {"metric": GATE_METRIC, "min": GATE_MIN}, "rows": rows}
+    return {**out, "note": protocol_line(out)}
 
 
 # ---- sweep.md -------------------------------------------------------------------------------------------------

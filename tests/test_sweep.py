@@ -62,6 +62,14 @@ def exp_show() -> list:
     return [{"rev": "workspace", "name": None, "data": commit["data"], "error": None, "experiments": None}, commit]
 
 
+def write_sweep(path) -> dict:
+    """The sweep.json of the listing above at `path`, as the stage writes it (for the leaderboard tests)."""
+    doc = sweep.build(exp_show(), PARAMS, BASE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return doc
+
+
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
     """A repo root (the current directory) with the sweep's params file and a saved listing."""
