@@ -104,6 +104,10 @@ def experiments(doc: list):
     yield from walk(doc, None)
 
 
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
 def _data(node) -> dict:
     """The "data" of a dvc {"data": ...} / {"error": ...} node, or {} when it holds an error or nothing."""
     return node["data"] if isinstance(node, dict) and isinstance(node.get("data"), dict) else {}
@@ -122,7 +126,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def sweep_params_file(doc: list) -> str:
     """The one `.../sweep/params.yaml` that the experiments of the listing use."""
-    found = sorted({f for _, _, rev in experiments(doc) for f in (rev.get("data") or {}).get("params") or {}
+    found = sorted({f for _, _, rev in experiments(doc) for f in _dict(_dict(rev.get("data")).get("params"))
                     if SWEEP_PARAMS.search(f)})
     if len(found) != 1:
         what = f"several sweep params files ({', '.join(found)})" if found else "no sweep params file"
@@ -153,12 +157,12 @@ def changed_params(exp: dict, base: dict) -> dict:
 
 def row_of(baseline, executor, rev: dict, params_file: str, base: dict) -> dict:
     """One experiment's row of sweep.json."""
-    data = rev.get("data") or {}
+    data = _dict(rev.get("data"))
     run_dir = PurePosixPath(params_file).parent
-    metrics = {PurePosixPath(f).name: _data(m) for f, m in (data.get("metrics") or {}).items()
+    metrics = {PurePosixPath(f).name: _data(m) for f, m in _dict(data.get("metrics")).items()
                if PurePosixPath(f).parent.is_relative_to(run_dir)}
     ev, tr = metrics.get("eval.json", {}), metrics.get("train.json", {})
-    params = flatten(_data((data.get("params") or {}).get(params_file)))
+    params = flatten(_data(_dict(data.get("params")).get(params_file)))
     changed = changed_params(params, base)
     seed = next((s for s in (params.get("seed"), ev.get("sample_seed"), tr.get("seed")) if _number(s) is not None), None)
     if seed is not None and "seed" not in params and base.get("seed") not in (None, seed):
@@ -180,7 +184,7 @@ def build(doc: list, params_file: str, base_params: dict, base_name: str = "base
     """sweep.json: the protocol and the rows, the base experiment first, then by changed key and name."""
     base = flatten(base_params)
     rows = [row_of(b, x, rev, params_file, base) for b, x, rev in experiments(doc)
-            if params_file in ((rev.get("data") or {}).get("params") or {})]
+            if params_file in _dict(_dict(rev.get("data")).get("params"))]
     if not rows:
         raise SweepError(f"no experiment in the listing uses '{params_file}'")
     rows.sort(key=lambda r: (r["name"] != base_name, sorted(r["changed"]), r["name"]))

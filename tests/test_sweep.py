@@ -183,3 +183,14 @@ def test_bad_input_is_one_line_and_exit_2(repo, cli, monkeypatch, case, args, wo
     (line,) = err.splitlines()
     assert line.startswith("error: ") and all(w in line for w in words), line
     assert not (repo / "res").exists()
+
+
+def test_tolerates_odd_entries(repo, cli):
+    """Entries dvc may print half-filled (no data, an error instead of params, junk) are skipped, not fatal."""
+    doc = exp_show() + ["junk", {"rev": "abc", "data": [], "experiments": {"x": 1}},
+                        {"rev": "def", "experiments": [{"name": "gone", "revs": [{"rev": "1" * 40, "data": None}]},
+                                                      "junk"]}]
+    (repo / "odd.json").write_text(json.dumps(doc))
+    code, _, err = cli("--from", "odd.json", "--out", "sweep.json")
+    assert code == 0 and err == ""
+    assert len(json.loads((repo / "sweep.json").read_text())["rows"]) == 5  # "gone" has no params: not the sweep's
