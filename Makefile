@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test repro bench lint browser clean
+.PHONY: setup test repro bench sweep-table lint browser clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -39,6 +39,12 @@ repro: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro dvc.yaml:bench papers/pom/dvc.yaml:bench
+
+# The reference-recipe sweep's table (papers/dit/sweep/README.md) from `dvc exp show` (read-only), then the
+# leaderboard page that shows it.
+sweep-table: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.sweep --out papers/dit/results/sweep.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.leaderboard --papers papers --out leaderboard
 
 lint: $(STAMP)
 	$(BIN)/ruff check common papers pipelines tests notebooks

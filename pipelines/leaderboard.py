@@ -7,9 +7,12 @@ Reads every `<papers>/<p>/results/metrics.json`, checks it with the one schema v
 template `common/report/leaderboard.html` (package data) with data.json embedded, drawn by the
 template's own script (no CDN, works from file://). Row thumbnails are copied into `<out>/assets/`. A
 paper folder without a metrics.json yet is listed as pending, with the title and arXiv id of its
-`__init__.py` (read with `ast`, so no torch-heavy module is imported).
+`__init__.py` (read with `ast`, so no torch-heavy module is imported). Every claim's verdict is shown with
+its rule, its gate and its reason (claims written before those keys existed show the verdict alone), the
+verdict rule and the gates are stated once at the top, and a paper's `results/sweep.json` (the recipe
+sweep's table, `python -m pipelines.sweep`) becomes the "Shared reference recipe" section.
 
-A metrics.json that is not JSON or fails the schema, a thumbnail it names that does not exist, a missing
+A metrics.json (or sweep.json) that is not JSON or fails the schema, a thumbnail it names that does not exist, a missing
 `--papers` directory or an `--out` that cannot be written stops the stage: one line on stderr naming the
 file (and key), exit code 2, nothing written. Paths inside metrics.json are relative to the repo root,
 the parent of `--papers` unless `--root` says otherwise.
@@ -27,11 +30,26 @@ from importlib import resources
 from pathlib import Path
 
 from common.errors import UserError
+from common.metrics import schema
 from common.metrics.schema import validate_metrics
 
 from ._cli import StageParser, friendly_errors
 
 PLACEHOLDER = "{{ data.json }}"  # where the template takes data.json
+
+# The verdict rule and the gates, stated once on the page. The schema owns the rule (`RULE_TEXT`, and the
+# image gate `IMAGE_GATE`); the texts below stand in for a schema that does not define them yet.
+IMAGE_GATE = getattr(schema, "IMAGE_GATE", 0.8)
+RULE_TEXT = getattr(schema, "RULE_TEXT", (
+    "One rule for every claim. Each compared arm has at least 3 seeds of its own; each claim declares its metric, "
+    "the direction that is better and a margin before any run (never below the metric's own noise). Comparable: "
+    "the 90% Welch interval of the difference lies inside +-margin. Better: a one-sided Welch test and an effect "
+    "beyond the margin. Anything else is inconclusive."))
+GATE_TEXT = (
+    f"Gates, per arm at its final checkpoint: images need a class-consistency of at least {IMAGE_GATE} (the share "
+    "of samples the feature network's classifier labels as the asked class); video a gate calibrated on real "
+    "clips. 'Comparable' needs every compared arm to pass, 'better' the arm found better (the other arm's gate "
+    "is shown beside the verdict); otherwise the verdict is inconclusive.")
 
 
 class LeaderboardError(UserError, RuntimeError):
@@ -96,7 +114,7 @@ def load_paper(pdir: Path, root: Path, out: Path, copies: list[tuple[Path, Path]
     doc = read_metrics(path, root)
     toy = doc["toy_scale"] if doc.get("toy_scale") is not None else doc["preset"] != "paper"
     entry.update(title=doc["title"], arxiv=doc["arxiv"], dataset=doc["dataset"], preset=doc["preset"],
-                 toy_scale=toy, claims=doc.get("claims") or [])
+                 toy_scale=toy, claims=doc.get("claims") or [], rule=doc.get("rule"))
     for name, href in (doc.get("notebooks") or {}).items():
         entry["notebooks"][name] = {"href": _href(root / href, out), "exists": (root / href).exists()}
     for i, row in enumerate(doc["rows"]):
@@ -112,6 +130,26 @@ def load_paper(pdir: Path, root: Path, out: Path, copies: list[tuple[Path, Path]
             copies.append((src, out / row["thumbnail"]))
         entry["rows"].append(row)
     return entry
+
+
+def read_sweep(path: Path, root: Path) -> dict:
+    """A paper's `results/sweep.json` (written by `pipelines.sweep`), checked just enough to draw its table;
+    LeaderboardError names the file and the key."""
+    rel = _rel(path, root)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise LeaderboardError(f"{rel}: cannot be read ({e})") from e
+    except json.JSONDecodeError as e:
+        raise LeaderboardError(f"{rel}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        raise LeaderboardError(f"{rel}: must be an object with a list 'rows' (re-run python -m pipelines.sweep)")
+    for i, r in enumerate(doc["rows"]):
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str):
+            raise LeaderboardError(f"{rel}: rows[{i}] must be an object with a string 'name'")
+        if not isinstance(r.get("changed", {}), dict):
+            raise LeaderboardError(f"{rel}: rows[{i}] ({r['name']}): 'changed' must be an object")
+    return doc
 
 
 def git_revision(root: Path) -> str | None:
@@ -131,8 +169,11 @@ def collect(papers: Path, root: Path, out: Path) -> tuple[dict, list[tuple[Path,
     copies: list[tuple[Path, Path]] = []
     entries = [load_paper(d, root, out, copies) for d in dirs
                if (d / "__init__.py").exists() or (d / "results" / "metrics.json").exists()]
+    sweeps = [{**read_sweep(d / "results" / "sweep.json", root), "paper": d.name} for d in dirs
+              if (d / "results" / "sweep.json").is_file()]
     data = {"generated_at": now.isoformat(timespec="seconds"), "git_rev": git_revision(root),
-            "papers": entries, "rows": [r for e in entries for r in e["rows"]]}
+            "rule": {"text": RULE_TEXT, "gates": GATE_TEXT}, "papers": entries,
+            "rows": [r for e in entries for r in e["rows"]], "sweeps": sweeps}
     return data, copies
 
 

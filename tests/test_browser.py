@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_sweep import write_sweep
 
 from pipelines import leaderboard
 
@@ -55,13 +56,33 @@ def fake_repo(root: Path):
         "paper": "pom", "title": "PoM: Efficient Image and Video Generation with the <b>Polynomial</b> Mixer",
         "arxiv": "2411.12663", "preset": "tiny", "dataset": "mnist5k", "toy_scale": True, "rows": rows,
         "claims": [{"claim": "PoM matches attention FID", "paper": "2.46 vs 2.27", "measured": "9.25 vs 20.5",
-                    "verdict": "reproduced"},
+                    "verdict": "reproduced", "compares": ["dit-pom", "dit-attention"], "kind": "comparable",
+                    "rule": "90% Welch interval of the FID difference inside +-2.0", "values": {},
+                    "gate": {"passed": True, "detail": "dit-pom 0.95 >= 0.8 (pass); dit-attention 0.91 (pass)"},
+                    "estimate": {"diff": -1.5, "ci90": [-1.9, -1.1], "p_one_sided": None, "df": 3.9},
+                    "outcome": "comparable", "reason": "the interval lies inside the margin", "seeds_needed": None},
                    {"claim": "linear scaling in N", "paper": "yes", "measured": "n/a on CPU",
-                    "verdict": "inconclusive"}],
+                    "verdict": "inconclusive", "compares": ["sit-pom", "dit-attention"], "kind": "better",
+                    "rule": "one-sided Welch test", "values": {},
+                    "gate": {"passed": False, "detail": "sit-pom 0.50 < 0.8 (fail)"},
+                    "reason": "below the quality gate"}],
         "notebooks": {"samples": "papers/pom/results/notebooks/samples.html"}}))
     todo = root / "papers" / "dydit"
     todo.mkdir(parents=True)
     (todo / "__init__.py").write_text('"""DyDiT: dynamic diffusion transformer."""\n')
+    write_sweep(good / "results" / "sweep.json")
+
+
+OLD_CLAIM_KEYS = ("claim", "paper", "measured", "verdict")
+
+
+def with_an_older_claim(out: Path) -> None:
+    """Rewrite the page with its second claim cut to the keys claims had before rule, gate and reason: the
+    template must draw both kinds (a data.json written before those keys existed)."""
+    data = json.loads((out / "data.json").read_text())
+    claims = data["papers"][next(i for i, p in enumerate(data["papers"]) if p["paper"] == "pom")]["claims"]
+    claims[1] = {k: claims[1][k] for k in OLD_CLAIM_KEYS}
+    (out / "index.html").write_text(leaderboard.render(data))
 
 
 def test_leaderboard_in_chromium(tmp_path):
@@ -73,6 +94,7 @@ def test_leaderboard_in_chromium(tmp_path):
     fake_repo(tmp_path)
     out = tmp_path / "leaderboard"
     leaderboard.build(tmp_path / "papers", out)
+    with_an_older_claim(out)
 
     errors = []
     with sync_api.sync_playwright() as pw:
@@ -110,6 +132,29 @@ def test_leaderboard_in_chromium(tmp_path):
             assert section.locator(".missing", has_text="samples notebook (missing)").count() == 1
             assert section.locator(".verdict.v-reproduced").inner_text() == "reproduced"
             assert section.locator(".verdict.v-inconclusive").count() == 1
+            claims = section.locator("table.claims")
+            assert claims.locator("th").all_inner_texts()[3:] == ["verdict", "rule", "gate", "reason"]
+            new, old = claims.locator("tbody tr").nth(0), claims.locator("tbody tr").nth(1)
+            assert new.locator(".rule-cell").inner_text() == "90% Welch interval of the FID difference inside +-2.0"
+            assert new.locator(".gate-cell").inner_text() == \
+                "pass dit-pom 0.95 >= 0.8 (pass); dit-attention 0.91 (pass)"
+            assert new.locator(".gate-cell .g-pass").count() == 1
+            assert new.locator(".reason-cell").inner_text().splitlines() == [
+                "the interval lies inside the margin", "outcome: comparable; difference -1.5; 90% CI [-1.9, -1.1]; df 3.9"]
+            assert [old.locator(f".{c}-cell").inner_text() for c in ("rule", "gate", "reason")] == ["\u2013"] * 3
+            assert "Welch" in page.locator("#rule-text").inner_text()
+            assert page.locator("#gate-text").inner_text().startswith("Gates, per arm")
+
+            sweep = page.locator("#sweep-pom")
+            assert sweep.locator("h2").inner_text().startswith("Shared reference recipe")
+            srows = sweep.locator("table.sweep tbody tr")
+            assert srows.count() == 5 and srows.first.locator("td").first.inner_text() == "base"
+            by_name = {srows.nth(k).locator("td").first.inner_text(): srows.nth(k).locator("td").all_inner_texts()
+                       for k in range(srows.count())}
+            assert by_name["base"][1:3] == ["(the recipe)", "success"] and by_name["base"][7] == "pass"
+            assert by_name["t-uniform"][1] == "diffusion.t_sampling=uniform" and by_name["t-uniform"][7] == "fail"
+            assert by_name["lr-1e-3"][2] == "failed" and by_name["lr-1e-3"][5] == "\u2013"
+            assert "never comparable with ImageNet FIDs" in sweep.inner_text()
             thumbs = section.locator(".thumbs img")
             assert thumbs.count() == 3
             thumbs.last.scroll_into_view_if_needed()

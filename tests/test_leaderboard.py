@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_sweep import write_sweep
 
 from pipelines import leaderboard
 
@@ -22,6 +23,15 @@ def row(variant, fid, **kw):
             "sample_steps": 50, "cfg_scale": 2.0, "ema": True, **kw}
 
 
+CLAIM = {"claim": "b beats a", "paper": "2.1 vs 2.3", "measured": "3.5 vs 12.0", "verdict": "reproduced",
+         "key": "b-beats-a", "compares": ["b", "a"], "metric": "fid", "direction": "lower", "kind": "better",
+         "margin": 1.0, "rule": "b's FID is lower than a's by more than 1.0, one-sided Welch p < 0.05",
+         "values": {"b": [3.4, 3.6], "a": [11.9, 12.1]},
+         "estimate": {"diff": 8.5, "ci90": [8.2, 8.8], "p_one_sided": 0.001, "df": 2.0},
+         "gate": {"passed": True, "detail": "b 0.90 >= 0.8 (pass); a 0.90 (pass)",
+                  "arms": {"b": {"passed": True, "detail": "b 0.90 >= 0.8"}}},
+         "outcome": "better", "reason": "b is better by 8.5 (90% CI 8.2 to 8.8), beyond the margin 1.0",
+         "seeds_needed": None}
 GOOD_TOP = {"paper": "x", "title": "X", "arxiv": "2411.12663", "preset": "tiny", "dataset": "mnist5k"}
 
 
@@ -42,8 +52,7 @@ def repo(tmp_path):
         "dataset": "mnist5k", "toy_scale": True,
         "rows": [row("a", 12.0, thumbnail="papers/good/results/a_grid.png"), row("b", 3.5),
                  row("c", 30.0, fid_std=None, seeds=None, class_consistency=None)],
-        "claims": [{"claim": "b beats a", "paper": "2.1 vs 2.3", "measured": "3.5 vs 12.0",
-                    "verdict": "reproduced"}],
+        "claims": [CLAIM],
         "notebooks": {"samples": "papers/good/results/notebooks/samples.html",
                       "curves": "papers/good/results/notebooks/curves.html"}}))
     (tmp_path / "papers" / "todo").mkdir()
@@ -185,3 +194,39 @@ def test_paper_meta_reads_without_import(tmp_path):
     init.write_text('"""Polynomial Mixer for diffusion.\n\nMore."""\nimport not_a_module\nARXIV = "2411.12663"\n')
     assert leaderboard.paper_meta(init) == {"title": "Polynomial Mixer for diffusion.", "arxiv": "2411.12663"}
     assert leaderboard.paper_meta(tmp_path / "missing.py") == {"title": None, "arxiv": None}
+
+
+def test_claims_keep_rule_gate_reason_and_the_rule_is_stated(repo):
+    data = leaderboard.build(repo / "papers", repo / "leaderboard")
+    (claim,) = data["papers"][0]["claims"]
+    assert claim == CLAIM  # every key reaches the page: rule, gate (detail, arms), reason, estimate
+    assert data["rule"] == {"text": leaderboard.RULE_TEXT, "gates": leaderboard.GATE_TEXT}
+    assert "Welch" in data["rule"]["text"] and str(leaderboard.IMAGE_GATE) in data["rule"]["gates"]
+
+
+def test_sweep_table_is_data_of_the_page(repo):
+    out = repo / "leaderboard"
+    assert leaderboard.build(repo / "papers", out)["sweeps"] == []  # no sweep.json: no section
+    sweep = write_sweep(repo / "papers" / "good" / "results" / "sweep.json")
+    data = leaderboard.build(repo / "papers", out)
+    (shown,) = data["sweeps"]
+    assert shown == {**sweep, "paper": "good"} and shown["rows"][0]["name"] == sweep["base"]
+    assert embedded((out / "index.html").read_text())["sweeps"] == data["sweeps"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{", ["papers/good/results/sweep.json", "not valid JSON"]),
+    (json.dumps({"rows": 3}), ["papers/good/results/sweep.json", "list 'rows'"]),
+    (json.dumps({"rows": [{"state": "queued"}]}), ["sweep.json", "rows[0]", "'name'"]),
+    (json.dumps({"rows": [{"name": "x", "changed": [1]}]}), ["sweep.json", "rows[0] (x)", "'changed'"]),
+])
+def test_malformed_sweep_fails_the_stage(repo, cli, text, words):
+    out = repo / "leaderboard"
+    leaderboard.build(repo / "papers", out)
+    before = _tree(out)
+    (repo / "papers" / "good" / "results" / "sweep.json").write_text(text)
+    code, stdout, stderr = cli("--papers", repo / "papers", "--out", out)
+    assert code == 2 and stdout == ""
+    (line,) = stderr.splitlines()
+    assert line.startswith("error: ") and all(w in line for w in words), line
+    assert _tree(out) == before
