@@ -296,6 +296,17 @@ def load_featnet(path: str | Path) -> FeatNet:
     return FeatNet(net, cfg)
 
 
+def featnet_digest(path: str | Path) -> str:
+    """sha256[:12] of `mnist-cnn.pt` (given it or its directory): which trained network a number was
+    measured with, since every retraining moves the `mnist-cnn` space."""
+    import hashlib
+
+    d, path = _locate(path, CKPT_NAME, ".pt")
+    if not path.is_file():
+        raise FeatNetError(f"feature network '{path}' not found. {_rebuild_fix(d, path)}")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
 def load_ref_stats(path: str | Path) -> dict:
     """Reference statistics {"mu", "sigma", "features", ...} from `ref_stats.npz` or its directory."""
     d, path = _locate(path, REF_NAME, ".npz")
