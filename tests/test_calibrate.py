@@ -42,11 +42,11 @@ def test_pairs_are_disjoint_and_need_room():
 
 
 def test_gate_rule():
-    gate = video_gate(frame_fid=1.5, temporal=0.7)
-    assert gate == pytest.approx({"frame_fid_max": 3.0, "class_consistency_min": 0.8, "temporal_consistency_min": 0.63})
-    assert check_video_gate(gate, 3.0, 0.8, 0.63) == {"frame_fid": True, "class_consistency": True,
+    gate = video_gate(frame_fid=1.5, temporal=0.7, class_cons=0.5)
+    assert gate == pytest.approx({"frame_fid_max": 3.0, "class_consistency_min": 0.45, "temporal_consistency_min": 0.63})
+    assert check_video_gate(gate, 3.0, 0.45, 0.63) == {"frame_fid": True, "class_consistency": True,
                                                       "temporal_consistency": True}
-    assert check_video_gate(gate, 3.01, 0.79, 0.62) == {"frame_fid": False, "class_consistency": False,
+    assert check_video_gate(gate, 3.01, 0.44, 0.62) == {"frame_fid": False, "class_consistency": False,
                                                         "temporal_consistency": False}
 
 
@@ -70,8 +70,8 @@ def test_calibrate_video_measures_real_clips_and_sets_the_gate():
     out = calibrate_video(StubNet(), videos, labels, clips=15, pairs=3, seed=0)
     assert out["class_consistency"] == pytest.approx(0.75) and out["temporal_consistency"] == pytest.approx(2 / 3)
     assert out["frame_fid_real_vs_real"] > 0 and (out["frames"], out["clips"], out["pairs"]) == (4, 15, 3)
-    assert out["gate"] == pytest.approx(video_gate(out["frame_fid_real_vs_real"], 2 / 3))
-    assert out["real_clips_pass"] == {"frame_fid": True, "class_consistency": False, "temporal_consistency": True}
+    assert out["gate"] == pytest.approx(video_gate(out["frame_fid_real_vs_real"], 2 / 3, 0.75))
+    assert out["real_clips_pass"] == {"frame_fid": True, "class_consistency": True, "temporal_consistency": True}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,8 @@ def test_cli_writes_a_valid_document(featnet_dir, tmp_path):
     assert image["dataset"] == "mnist5k" and image["pairs"] == cfg.pairs >= 3
     assert list(image["fid_real_vs_real"]) == ["300", "500", "1000"] == list(image["fid_real_vs_real_std"])
     assert (video["frames"], video["clips"], video["split"]) == (8, 200, "heldout")
-    assert video["gate"] == pytest.approx(video_gate(video["frame_fid_real_vs_real"], video["temporal_consistency"]))
+    assert video["gate"] == pytest.approx(video_gate(video["frame_fid_real_vs_real"], video["temporal_consistency"],
+                                                       video["class_consistency"]))
     with pytest.raises(MetricsError, match="measured with feature net .* not 000000000000"):
         load_calibration(out, featnet="000000000000")
 
@@ -118,7 +119,7 @@ def test_load_calibration_errors(tmp_path):
     doc = {"feature_space": "mnist-cnn", "featnet": "abc",
            "image": {"fid_real_vs_real": {"300": 1.0}, "fid_real_vs_real_std": {"300": 0.1}},
            "video": {"moving_mnist": {"frame_fid_real_vs_real": 0.5, "class_consistency": 0.3,
-                                      "temporal_consistency": 0.7, "gate": video_gate(0.5, 0.7)}}}
+                                      "temporal_consistency": 0.7, "gate": video_gate(0.5, 0.7, 0.3)}}}
     assert validate_calibration(doc) is doc
     doc["video"]["moving_mnist"]["temporal_consistency"] = 1.5
     path.write_text(json.dumps(doc))

@@ -6,8 +6,10 @@ real-vs-real FID between two disjoint sets of n real digits is therefore the sma
 that can mean anything at n samples. Video models need a gate too (images have class-consistency 0.8),
 and fixed numbers mean little on frames unlike the digits the feature net was trained on (two small
 moving digits per frame): the gate's frame-FID and temporal thresholds are set from what real held-out
-clips score, and `real_clips_pass` records which conditions the real clips themselves meet -- a condition
-they fail (class-consistency 0.8 can be one) no model can be expected to pass.
+clips score, and `real_clips_pass` records which conditions the real clips themselves meet. The image
+gate's fixed class-consistency of 0.8 is out of reach on these frames even for real clips (two 16-px
+digits a frame, labelled by the first; the classifier was trained on single 28-px digits), so the video
+gate's class-consistency is relative too: at least 0.9x the real clips'.
 
 Protocol (all in one feature space, `mnist-cnn`, features extracted once per set):
 - image: `pairs` random pairs of disjoint sets of n digits drawn from all 5,000 mnist5k digits (a fixed
@@ -16,7 +18,7 @@ Protocol (all in one feature space, `mnist-cnn`, features extracted once per set
   `train`), `pairs` random pairs of disjoint sets of `clips` clips of `frames` frames. Per pair: frame-FID
   between the two sets' pooled frames, and the frame class-consistency (w.r.t. the clip label) and
   temporal consistency of each set, averaged over the two sets; then everything averaged over the pairs.
-- gate: frame-FID <= 2 x real-vs-real, class-consistency >= 0.8, temporal consistency >= 0.9 x real.
+- gate: frame-FID <= 2 x real-vs-real, class- and temporal consistency >= 0.9 x the real clips'.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from .fid import MetricsError, class_consistency, fid_from_features
 from .video import temporal_consistency
 
 GATE_FID_FACTOR = 2.0        # frame-FID may be at most this many times the real-vs-real value
-GATE_CLASS_MIN = 0.8         # the image gate's class-consistency, kept for video frames
+GATE_CLASS_FACTOR = 0.9      # class-consistency at least this share of the real clips' (0.8 is out of reach)
 GATE_TEMPORAL_FACTOR = 0.9   # temporal consistency at least this share of the real clips'
 RUN_FIX = "run `dvc repro dvc.yaml:calibrate` (or `python -m pipelines.calibrate --featnet data/featnet --out {path}`)"
 
@@ -69,9 +71,9 @@ def real_vs_real_fid(features, sizes, pairs: int, seed: int = 0) -> dict[int, li
             for n in sizes}
 
 
-def video_gate(frame_fid: float, temporal: float) -> dict:
-    """The video quality gate from the real clips' frame-FID (real vs real) and temporal consistency."""
-    return {"frame_fid_max": GATE_FID_FACTOR * frame_fid, "class_consistency_min": GATE_CLASS_MIN,
+def video_gate(frame_fid: float, temporal: float, class_cons: float) -> dict:
+    """The video quality gate from the real clips' frame-FID (real vs real), temporal and class-consistency."""
+    return {"frame_fid_max": GATE_FID_FACTOR * frame_fid, "class_consistency_min": GATE_CLASS_FACTOR * class_cons,
             "temporal_consistency_min": GATE_TEMPORAL_FACTOR * temporal}
 
 
@@ -100,7 +102,7 @@ def calibrate_video(net, videos, labels, clips: int, pairs: int, seed: int = 0) 
     out = {"frames": int(f), "clips": int(clips), "pairs": int(pairs),
            "frame_fid_real_vs_real": float(np.mean(fid)), "frame_fid_real_vs_real_std": _std(fid),
            "class_consistency": float(np.mean(cls)), "temporal_consistency": float(np.mean(tc))}
-    out["gate"] = video_gate(out["frame_fid_real_vs_real"], out["temporal_consistency"])
+    out["gate"] = video_gate(out["frame_fid_real_vs_real"], out["temporal_consistency"], out["class_consistency"])
     out["real_clips_pass"] = check_video_gate(out["gate"], out["frame_fid_real_vs_real"],
                                               out["class_consistency"], out["temporal_consistency"])
     return out
