@@ -16,7 +16,8 @@ What is measured, and how (so the numbers can be trusted):
   really had to provide for activations, gradients and temporaries (the process peak, not what
   torch thinks it allocated), for the first iteration; a fresh process keeps earlier points from
   hiding later peaks. Large CPU allocations are mmap-ed and returned on free, so this tracks the
-  true transient peak, up to page granularity and the allocator's small-block caching.
+  true transient peak, up to page granularity and the allocator's small-block caching. (A region inside a
+  longer-lived process, e.g. generation after building a model, needs `PeakRSS`: ru_maxrss cannot be reset.)
 - `gflops_per_s` = gflop / time, to compare with `matmul_gflops_per_s()` (a large fp32 GEMM on this
   machine with the same thread count): the fraction tells how close a mixer runs to the GEMM
   roofline.

@@ -75,7 +75,7 @@ def _constant_memory(video: dict) -> dict | None:
     ratio = pom / att if not failed and pom is not None and att else None
     ok = ratio is not None and ratio <= CONSTANT_MEMORY_MAX
     if failed:
-        reason = f"self-check(s) {', '.join(failed)} not passed: the memory numbers are not trusted"
+        reason = f"self-check(s) {', '.join(failed)} not passed or not run: the memory numbers are not trusted"
     elif ratio is None:
         reason = "no memory growth measured for both mixers"
     else:
