@@ -16,7 +16,8 @@ What is measured, and how (so the numbers can be trusted):
   really had to provide for activations, gradients and temporaries (the process peak, not what
   torch thinks it allocated), for the first iteration; a fresh process keeps earlier points from
   hiding later peaks. Large CPU allocations are mmap-ed and returned on free, so this tracks the
-  true transient peak, up to page granularity and the allocator's small-block caching.
+  true transient peak, up to page granularity and the allocator's small-block caching. (A region inside a
+  longer-lived process, e.g. generation after building a model, needs `PeakRSS`: ru_maxrss cannot be reset.)
 - `gflops_per_s` = gflop / time, to compare with `matmul_gflops_per_s()` (a large fp32 GEMM on this
   machine with the same thread count): the fraction tells how close a mixer runs to the GEMM
   roofline.
@@ -38,6 +39,7 @@ import time
 
 import torch
 
+from common.errors import UserError
 from common.flops import count_flops  # counts CPU flash attention too (see common/flops.py)
 
 
@@ -77,10 +79,136 @@ def machine() -> dict:
 
 
 def maxrss_mb() -> float:
+    """The process's lifetime high-water mark of resident memory (ru_maxrss), in MB. Only a difference of two
+    reads in a FRESH process whose earlier life peaked lower means anything: use `PeakRSS` for a region."""
     import resource
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux (bytes on macOS)
     return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+class BenchError(UserError):
+    """A benchmark number that cannot be trusted (a failed self-check, an impossible value): never written."""
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """The process's resident set size now (Linux /proc/self/statm; psutil elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        line = next(ln for ln in f if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's resident high-water mark (VmHWM) to the current RSS; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _hwm_bytes()
+        return True
+    except (OSError, StopIteration):
+        return False
+
+
+class PeakRSS:
+    """The peak resident memory of a code region above the RSS right before it, in MB:
+
+        with PeakRSS() as probe:
+            work()
+        probe.peak_mb
+
+    Why not ru_maxrss: it is the high-water mark of the whole process life, so an earlier peak (importing
+    torch, building a model) hides the region's peak, and "peak - baseline" goes to 0 or below (the old video
+    benchmark read 0 MB for a 96 MB KV cache). Two ways to see the region alone, best first:
+    - `hwm` (Linux): reset the kernel's high-water mark at the start (`5` into /proc/self/clear_refs) and read
+      VmHWM at the end. The kernel raises the mark before any page leaves the process, so a transient peak
+      is seen however short it was, to the page;
+    - `sampled` (where clear_refs is not writable): a thread reads the RSS every `interval` seconds (torch
+      releases the GIL in its kernels, so the thread keeps running); a peak shorter than the interval can
+      be missed, which the benchmarks' planted-allocation check would reveal.
+    Either way it is the operating system's view (pages mapped and touched), so the allocator must give
+    freed memory back for the peak to follow live tensors: run with glibc's `MALLOC_MMAP_THRESHOLD_` fixed
+    (see `papers.pom.bench`). `method` forces one of the two (tests use it)."""
+
+    def __init__(self, interval: float = 0.001, method: str | None = None):
+        if method not in (None, "hwm", "sampled"):
+            raise ValueError(f"unknown PeakRSS method '{method}' (hwm, sampled)")
+        self.interval, self.method = interval, method
+        self.base = self.peak = self.samples = 0  # samples: RSS reads the `sampled` thread has made
+        self._stop = self._thread = None
+
+    def __enter__(self):
+        import gc
+        import threading
+
+        gc.collect()  # garbage of earlier work must not be freed inside the region (a dip, not a peak)
+        if self.method in (None, "hwm"):
+            ok = _reset_hwm()
+            if not ok and self.method == "hwm":
+                raise BenchError("PeakRSS(method='hwm') needs a writable /proc/self/clear_refs (Linux)")
+            self.method = "hwm" if ok else "sampled"
+        self.base = self.peak = rss_bytes()
+        if self.method == "sampled":
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes())
+            self.samples += 1
+
+    def __exit__(self, *exc):
+        if self.method == "hwm":
+            self.peak = max(_hwm_bytes(), rss_bytes())
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+        return False
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+    @property
+    def base_mb(self) -> float:
+        return self.base / 2**20
+
+
+def ram_mb() -> float:
+    """This machine's physical memory in MB (the bound on any believable memory reading)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * _PAGE / 2**20
+    except (ValueError, OSError, AttributeError):
+        import psutil
+
+        return psutil.virtual_memory().total / 2**20
+
+
+def check_mb(value, what: str, lo: float = 0.0) -> float:
+    """`value` (MB) if it is a believable memory reading: a finite number in [lo, machine RAM]; else a
+    BenchError naming `what` (so a broken measurement never reaches a results file)."""
+    limit = ram_mb()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BenchError(f"{what} = {value!r} is not a finite number of MB: the measurement is broken")
+    if not lo <= value <= limit:
+        raise BenchError(f"{what} = {value:.1f} MB is outside [{lo:g}, {limit:.0f}] MB (0 to this machine's RAM): "
+                         "the measurement is broken")
+    return float(value)
 
 
 def measure_point(mixer: str, N: int, dim: int, batch: int, heads: int, reps: int, threads: int,
@@ -203,5 +331,6 @@ def core(log=print) -> dict:
     return res
 
 
-__all__ = ["bench_mixers", "bench_train_step", "core", "count_flops", "loglog_slope", "machine",
-           "matmul_gflops_per_s", "maxrss_mb", "measure_point", "run_in_subprocess", "time_ms"]
+__all__ = ["BenchError", "PeakRSS", "bench_mixers", "bench_train_step", "check_mb", "core", "count_flops",
+           "loglog_slope", "machine", "matmul_gflops_per_s", "maxrss_mb", "measure_point", "ram_mb", "rss_bytes",
+           "run_in_subprocess", "time_ms"]

@@ -1,10 +1,12 @@
 """The bench stage: dispatch to a paper's bench module by convention, bad params and paths as one line;
 the generic pieces of common.bench at toy size (numbers are measured by the stage, never checked here)."""
 import json
+import time
 
 import pytest
+import torch
 
-from common.bench import bench_mixers, run_in_subprocess
+from common.bench import BenchError, PeakRSS, _reset_hwm, bench_mixers, check_mb, ram_mb, run_in_subprocess
 from pipelines import bench
 
 
@@ -59,8 +61,8 @@ def test_run_in_subprocess_returns_json_and_passes_env():
 
 
 def test_pom_derived_numbers():
-    """PoM's scaling and video summaries from benchmark rows (the numbers its claims read)."""
-    from papers.pom.bench import scaling, video_ratios
+    """PoM's scaling summary from benchmark rows (the numbers its linear-cost claim reads)."""
+    from papers.pom.bench import scaling
 
     rows = [{"mixer": m, "N": n, "ms_fwd_bwd": (n if m == "pom" else n * n / 1024) / 10, "gflops_per_s": 5.0}
             for m in ("pom", "attention") for n in (256, 1024, 4096)]
@@ -68,10 +70,105 @@ def test_pom_derived_numbers():
     assert sc["pom_slope"] == pytest.approx(1.0) and sc["attention_slope"] == pytest.approx(2.0)
     assert sc["speedup_4096"] == pytest.approx(4.0) and sc["crossover_n"] == 4096
     assert sc["pom_flops_efficiency"] == pytest.approx(0.5)
-    vid = video_ratios([{"mixer": m, "frames": f, "work_mb": w, "peak_mb": w + 1} for m, f, w in
-                        (("pom", 4, 2.0), ("pom", 8, 2.0), ("attention", 4, 2.0), ("attention", 8, 6.0))])
-    assert (vid["frames_lo"], vid["frames_hi"], vid["pom_mem_ratio"], vid["attention_mem_ratio"]) == (4, 8, 1.0, 3.0)
-    json.dumps(sc), json.dumps(vid)
+    json.dumps(sc)
+
+
+# ---- the video memory harness: probe, validation, self-checks, claim ------------------------------------
+def _held_until_sampled(probe, mb):
+    """Allocate (and touch) `mb` MB inside `probe`'s region, hold it until the probe has surely seen it, free it.
+    The `sampled` probe is waited for by its own sample count, never by a time budget (no speed dependence)."""
+    x = torch.ones(int(mb * 2**20) // 4)
+    if probe.method == "sampled":
+        seen, give_up = probe.samples, time.monotonic() + 60  # only a dead sampler thread waits this long
+        while probe.samples < seen + 2 and time.monotonic() < give_up:
+            time.sleep(0.001)
+    del x
+
+
+@pytest.mark.parametrize("method", ["hwm", "sampled"])
+def test_peak_probe_sees_a_planted_allocation(method):
+    """64 MB allocated and freed inside the region is seen within 10% (a transient peak, not the end state),
+    and an empty region reads near 0, however large the process's earlier peak was."""
+    if method == "hwm" and not _reset_hwm():
+        pytest.skip("the kernel's high-water mark cannot be reset here (/proc/self/clear_refs)")
+    big = torch.ones(32 * 2**20)  # a 128 MB earlier peak: ru_maxrss would hide the region below
+    del big
+    with PeakRSS(method=method) as probe:
+        _held_until_sampled(probe, 64)
+    assert probe.method == method and probe.peak_mb == pytest.approx(64, rel=0.10)
+    with PeakRSS(method=method) as empty:
+        pass
+    assert 0 <= empty.peak_mb < 6.4
+
+
+def test_memory_values_are_validated():
+    """Negative, NaN, infinite, non-numeric or larger-than-RAM readings are refused, naming the value."""
+    assert check_mb(12.5, "x") == 12.5 and check_mb(-1.0, "growth", lo=-6.4) == -1.0
+    for bad in (-1e9, -0.5, float("nan"), float("inf"), None, "3", ram_mb() * 2):
+        with pytest.raises(BenchError, match="peak_mb"):
+            check_mb(bad, "peak_mb")
+
+
+def _video_rows(pom_growth=0.2, att_factor=2.0, kv_per_frame=3.0, seen=64.0, lo=4, hi=32):
+    """Synthetic video points: attention's working memory grows `att_factor` x its KV cache per frame (2 = two
+    caches alive at the peak), PoM's by `pom_growth` MB in all; the planted point sees `seen` MB more."""
+    rows = []
+    for F in (lo, 8, hi):
+        vid = F / 32
+        att = 3.0 + att_factor * kv_per_frame * F
+        pom = 30.0 + pom_growth * (F - lo) / (hi - lo)
+        rows += [{"mixer": "attention", "frames": F, "work_mb": att, "peak_mb": att + vid, "video_mb": vid,
+                  "state_mb": kv_per_frame * F, "base_mb": 600.0},
+                 {"mixer": "pom", "frames": F, "work_mb": pom, "peak_mb": pom + vid, "video_mb": vid,
+                  "state_mb": 0.09, "base_mb": 600.0}]
+    planted = dict(rows[1], peak_mb=rows[1]["peak_mb"] + seen, work_mb=rows[1]["work_mb"] + seen, plant_mb=64.0)
+    return rows, planted
+
+
+def test_video_summary_self_checks():
+    """Passing rows give the growths; each broken measurement is refused, naming the self-check or the value."""
+    from papers.pom.bench import video_summary
+
+    vid = video_summary(*_video_rows(pom_growth=0.2))
+    assert (vid["frames_lo"], vid["frames_hi"]) == (4, 32) and all(c["passed"] for c in vid["checks"].values())
+    assert vid["growth_mb"]["attention"] == pytest.approx(168.0) and vid["growth_mb"]["pom"] == pytest.approx(0.2)
+    assert vid["pom_growth_ratio"] == pytest.approx(0.2 / 168.0)
+    json.dumps(vid)
+    for kw, check in ((dict(seen=40.0), "planted-allocation"), (dict(seen=80.0), "planted-allocation"),
+                      (dict(kv_per_frame=1.0), "kv-size"), (dict(att_factor=1.0), "kv-growth"),
+                      (dict(att_factor=2.5), "kv-growth")):
+        with pytest.raises(BenchError, match=f"self-check '{check}' failed"):
+            video_summary(*_video_rows(**kw))
+    rows, planted = _video_rows()
+    rows[0]["peak_mb"] = float("nan")
+    with pytest.raises(BenchError, match="attention F=4: peak_mb"):
+        video_summary(rows, planted)
+    with pytest.raises(BenchError, match="pom memory growth"):  # below 0 by more than the probe's resolution
+        video_summary(*_video_rows(pom_growth=-20.0))
+
+
+def test_constant_memory_claim_branches():
+    """reproduced / not reproduced on self-checked rows; inconclusive when a self-check did not pass."""
+    from papers.pom import claims
+    from papers.pom.bench import video_summary
+
+    def claim(video):
+        out = {c["key"]: c for c in claims([], {"bench": {"video": video}})}
+        return out["constant-memory"]
+
+    good, bad = video_summary(*_video_rows(pom_growth=1.0)), video_summary(*_video_rows(pom_growth=40.0))
+    assert claim(good)["verdict"] == "reproduced" and claim(good)["outcome"] == "better"
+    assert claim(bad)["verdict"] == "not reproduced" and "0.238 > 0.1" in claim(bad)["reason"]
+    failed = dict(good, checks={**good["checks"], "kv-growth": {"passed": False, "detail": "x"}})
+    unchecked = {k: v for k, v in good.items() if k != "checks"}  # an older bench.json
+    for video, named in ((failed, "kv-growth"), (unchecked, "planted-allocation")):
+        c = claim(video)
+        assert c["verdict"] == "inconclusive" and named in c["reason"], c["reason"]
+    keys = {"key", "claim", "paper", "compares", "metric", "kind", "rule", "values", "gate", "measured", "outcome",
+            "reason", "verdict"}
+    for video in (good, bad, failed):
+        c = claim(video)
+        assert keys <= set(c) and c["gate"]["passed"] is None and c["kind"] == "measurement"
 
 
 def test_video_point_measures_state_and_video():
@@ -79,4 +176,5 @@ def test_video_point_measures_state_and_video():
 
     row = measure_video_point("pom", frames=2, model="DiT-M/8", batch=1, steps=1, cfg_scale=1.0)
     assert row["state_mb"] > 0 and row["video_mb"] == pytest.approx(2 * 32 * 32 * 4 / 2**20)
-    assert row["s_per_frame"] > 0
+    assert row["s_per_frame"] > 0 and row["peak_mb"] >= 0 and row["probe"] in ("hwm", "sampled")
+    assert row["work_mb"] == pytest.approx(row["peak_mb"] - row["video_mb"])

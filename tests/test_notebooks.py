@@ -137,6 +137,8 @@ def test_scaling_notebook_reads_the_pom_bench(tmp_path):
                          "speedup_16384": None, "crossover_n": 512, "pom_flops_efficiency": 0.7,
                          "protocol": {"dim": 256, "batch": 4, "heads": 4, "pom": {"degree": 2, "expand": 2}}},
              "video": {"rows": vid, "pom_mem_ratio": 1.0, "attention_mem_ratio": 2.2, "frames_lo": 4, "frames_hi": 8,
+                       "growth_mb": {"pom": 0.0, "attention": 4.0}, "pom_growth_ratio": 0.0,
+                       "checks": {"planted-allocation": {"passed": True, "detail": "seen as 64.1 MB"}},
                        "protocol": {"model": "DiT-M/4", "batch": 8, "steps": 4, "cfg_scale": 2.0}}}
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     assert report.template("scaling", "pom") == ROOT / "papers" / "pom" / "notebooks" / "scaling.ipynb"
@@ -145,6 +147,8 @@ def test_scaling_notebook_reads_the_pom_bench(tmp_path):
     nb = nbformat.read(tmp_path / "nb" / "scaling.ipynb", as_version=4)
     assert errors(nb) == []
     assert "bench read from bench.json: 6 mixer points, 4 video points" in stdout(nb)
+    table = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "| same, attention | 4.0 MB |" in table and "self-check `planted-allocation` | passed" in table
     assert (tmp_path / "papers" / "pom" / "results" / "figures" / "scaling.png").exists()
     with pytest.raises(report.ReportError, match="notebook 'scaling' not found: notebooks/scaling.ipynb"):
         report.run_notebook("scaling", report.default_params("dit"), tmp_path / "nb", root=tmp_path)

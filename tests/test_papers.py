@@ -94,7 +94,10 @@ def test_claims_give_valid_verdicts(paper):
     for s in specs:
         assert set(s.compares) <= variants, f"claim {s.key} compares a variant the pipeline does not run"
     rows = [_row(v, 10.0 + i) for i, v in enumerate(sorted(variants))]
-    extra = {"bench": {"scaling": {"pom_slope": 1.0, "attention_slope": 1.9, "speedup_4096": 3.0, "crossover_n": 512}}}
+    checks = {k: {"passed": True, "detail": "ok"} for k in ("planted-allocation", "kv-size", "kv-growth")}
+    extra = {"bench": {"scaling": {"pom_slope": 1.0, "attention_slope": 1.9, "speedup_4096": 3.0, "crossover_n": 512},
+                       "video": {"frames_lo": 4, "frames_hi": 32, "growth_mb": {"pom": 0.5, "attention": 168.0},
+                                 "checks": checks}}}
     claims = judge_all(specs, rows, CALIB) + (mod.claims(rows, extra) if hasattr(mod, "claims") else [])
     for c in claims:
         assert c["verdict"] in VERDICTS and c["rule"] and "gate" in c

@@ -6,8 +6,9 @@
 - `scaling`: forward+backward time, peak memory and achieved FLOP/s of one mixer layer, PoM vs SDPA
   attention, over the sequence length N (D=256, batch 4; `common.bench.bench_mixers`), with the derived
   log-log slopes, speedups, crossover N and the PoM layer's share of this machine's matmul FLOP/s;
-- `video`: memory and time per frame of frame-by-frame generation with an untrained block-causal video
-  DiT against the number of frames, PoM state vs attention key/value cache (`bench_video`).
+- `video`: measured peak memory and time per frame of frame-by-frame generation with an untrained
+  block-causal video DiT against the number of frames, PoM state vs attention key/value cache, with the
+  self-checks that make the memory numbers trustworthy (`bench_video`, `video_summary`).
 `papers.pom.claims` turns these numbers into verdicts.
 """
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import ClassVar
 import torch
 
 from common.bench import (
+    BenchError,
+    PeakRSS,
     bench_mixers,
+    check_mb,
     loglog_slope,
     machine,
     matmul_gflops_per_s,
-    maxrss_mb,
     run_in_subprocess,
 )
 from common.config import build_section
@@ -42,8 +45,12 @@ class BenchConfig:
 
 
 def measure_video_point(mixer: str, frames: int, model: str = "DiT-M/4", batch: int = 8, steps: int = 4,
-                        cfg_scale: float = 2.0, threads: int = 1, seed: int = 0) -> dict:
-    """Sequential generation of `frames` frames in THIS process (run in a fresh process for honest memory)."""
+                        cfg_scale: float = 2.0, threads: int = 1, seed: int = 0, plant_mb: float = 0.0) -> dict:
+    """Sequential generation of `frames` frames in THIS process (run it in a fresh one: `bench_video`).
+
+    Memory is `common.bench.PeakRSS` around the generation call alone, its baseline taken right before it
+    (after the model, the noise and a warm-up exist). `plant_mb` > 0 allocates (and touches) a tensor of
+    that size inside the measured region, held through generation: the planted-allocation self-check."""
     from common.diffusion import FlowMatching
     from common.diffusion.video import sample_sequential, sample_sequential_with_states, state_bytes
     from common.models import create_model
@@ -57,62 +64,138 @@ def measure_video_point(mixer: str, frames: int, model: str = "DiT-M/4", batch: 
     noise = torch.randn(batch, frames, net.in_channels, net.input_size, net.input_size)  # (B, F, C, H, W)
     y = torch.arange(batch) % net.num_classes
     fm = FlowMatching()
-    # warm-up on ONE row, one frame, one step: loads libraries and lazy buffers, but keeps the full
-    # batch's working memory out of the baseline below
+    # warm-up on ONE row, one frame, one step: loads libraries and lazy buffers (outside the region below)
     sample_sequential(fm, net, noise[:1, :1], y[:1], 1, cfg_scale)
-    base = maxrss_mb()
-    t0 = time.perf_counter()
-    video, states = sample_sequential_with_states(fm, net, noise, y, steps, cfg_scale)
-    seconds = time.perf_counter() - t0
-    peak = maxrss_mb()
+    plant = None
+    with PeakRSS() as probe:
+        if plant_mb:
+            plant = torch.ones(int(plant_mb * 2**20) // 4)  # ones, not empty: every page is touched
+        t0 = time.perf_counter()
+        video, states = sample_sequential_with_states(fm, net, noise, y, steps, cfg_scale)
+        seconds = time.perf_counter() - t0
+    del plant
+    video_mb = video.numel() * video.element_size() / 2**20
     return {"mixer": mixer, "frames": frames, "model": model, "batch": batch, "steps": steps,
-            "cfg_scale": cfg_scale, "threads": threads, "peak_mb": peak - base, "rss_mb": peak,
-            "s_per_frame": seconds / frames, "state_mb": state_bytes(states) / 2**20,
-            "video_mb": video.numel() * video.element_size() / 2**20}
+            "cfg_scale": cfg_scale, "threads": threads, "plant_mb": plant_mb, "probe": probe.method,
+            "peak_mb": probe.peak_mb, "work_mb": probe.peak_mb - video_mb, "base_mb": probe.base_mb,
+            "s_per_frame": seconds / frames, "state_mb": state_bytes(states) / 2**20, "video_mb": video_mb}
+
+
+PLANT_MB, PLANT_TOL = 64.0, 0.10  # planted allocation and the share of it the probe may miss or add
+KV_TOL = 0.10  # attention's measured growth vs the KV bytes alive at its peak, relative
+MIN_KV_GROWTH_MB = 50.0  # attention's cache growth must dwarf the probe's few-MB resolution
 
 
 def bench_video(mixers=("pom", "attention"), frames=(4, 8, 16, 32), model: str = "DiT-M/4", batch: int = 8,
                 steps: int = 4, cfg_scale: float = 2.0, threads: int = 1, timeout: float = 1800,
-                subprocess_per_point: bool = True, log=print) -> list[dict]:
-    """Memory and time of sequential generation with an untrained video DiT (mask='block').
+                subprocess_per_point: bool = True, log=print) -> dict:
+    """Peak memory and time of sequential generation with an untrained video DiT (mask='block'), self-checked.
 
-    One row per (mixer, frames): {mixer, frames, peak_mb, s_per_frame, work_mb, rss_mb, state_mb,
-    video_mb, ...}. With `subprocess_per_point` every point runs in two FRESH Python processes (so an
-    earlier, larger point cannot hide a peak): one for memory, one for time.
+    Returns `video_summary` of one row per (mixer, frames) and of the planted-allocation point; raises
+    BenchError naming the self-check that failed (then no number is reported). With `subprocess_per_point`
+    every point runs in two FRESH Python processes (nothing of an earlier point stays in the heap): one
+    for memory, one for time.
 
-    - peak_mb: growth of the process's maximum resident set size (`ru_maxrss`) during generation,
-      above the level reached after building the model and a one-row, one-frame, one-step warm-up.
-      The memory process runs with glibc's `MALLOC_MMAP_THRESHOLD_=65536`, so freed tensors go back
-      to the OS at once and the peak RSS tracks live memory (with the default adaptive threshold the
-      heap keeps freed blocks and the same point varied by +-5 MB between runs). It includes
-      everything generation needs: mixer states, activations, temporaries and the output video.
-    - work_mb = peak_mb - video_mb: memory beyond the output video (`video_mb`, B*F*C*H*W fp32, which
-      every method must hold and which grows with frames for every mixer).
-    - rss_mb: the memory process's absolute peak RSS (libraries, model and all).
+    - peak_mb: `common.bench.PeakRSS` around the generation call: the kernel's resident high-water mark,
+      reset right before generation (after building the model, the noise and a one-row, one-frame,
+      one-step warm-up), minus the RSS at that moment. The memory process runs with glibc's
+      `MALLOC_MMAP_THRESHOLD_=65536`, so every block >= 64 KiB is its own mapping, returned to the OS
+      when freed: the resident peak is the peak of live tensors, not of the heap's history. It includes
+      all that generation needs: mixer states, activations, temporaries, the output video.
+    - work_mb = peak_mb - video_mb: without the output buffer (`video_mb`, B*F*C*H*W fp32, which any
+      method must hold and which grows with frames for every mixer).
     - state_mb: exact bytes of the per-block mixer states after the last frame (KV cache vs PoM state).
-    - s_per_frame: wall time / frames in the timing process (default allocator; the mmap setting
-      slows small-model runs ~2x), including steps + 1 network calls per frame, 2B rows with CFG.
+    - s_per_frame: wall time / frames in the timing process (default allocator; the mmap setting slows
+      small models), including steps + 1 network calls per frame, 2B rows with CFG.
+    The default size (DiT-M/4: 6 blocks of width 64, 64 tokens a frame; batch 8, doubled by CFG) gives
+    attention a KV cache of 3 MB a frame, 84 MB more at 32 frames than at 4, at < 1 s a frame on 1 thread.
     """
+    if len(set(frames)) < 2 or "attention" not in mixers:
+        raise BenchError(f"bench.frames {list(frames)} with mixers {list(mixers)}: the video memory benchmark "
+                         "needs >= 2 frame counts and attention (its self-check reference)")
     point = f"{__name__}.measure_video_point"
     # glibc: serve every block >= 64 KiB by mmap and return it on free (no adaptive threshold), so the
     # peak RSS follows the live tensors instead of the allocator's heap history
     mmap_all = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+
+    def measure(**kw):
+        if not subprocess_per_point:
+            return measure_video_point(**kw)
+        row = run_in_subprocess(point, kw, timeout, env=mmap_all)  # memory
+        row["s_per_frame"] = run_in_subprocess(point, kw, timeout)["s_per_frame"]  # time
+        return row
+
+    base = dict(model=model, batch=batch, steps=steps, cfg_scale=cfg_scale, threads=threads)
     rows = []
     for name in mixers:
         for F in sorted(frames):
-            kw = dict(mixer=name, frames=F, model=model, batch=batch, steps=steps, cfg_scale=cfg_scale,
-                      threads=threads)
-            if subprocess_per_point:
-                row = run_in_subprocess(point, kw, timeout, env=mmap_all)  # memory
-                row["s_per_frame"] = run_in_subprocess(point, kw, timeout)["s_per_frame"]  # time
-            else:
-                row = measure_video_point(**kw)
-            row["work_mb"] = row["peak_mb"] - row["video_mb"]
-            rows.append(row)
-            log(f"{name:>10} F={F:>3} peak {row['peak_mb']:8.1f} MB (rss {row['rss_mb']:7.1f} MB, state "
-                f"{row['state_mb']:7.2f} MB, video {row['video_mb']:6.2f} MB, work {row['work_mb']:6.1f} MB) "
-                f"{row['s_per_frame']:7.3f} s/frame")
-    return rows
+            rows.append(measure(mixer=name, frames=F, **base))
+            r = rows[-1]
+            log(f"{name:>10} F={F:>3} peak {r['peak_mb']:7.1f} MB (work {r['work_mb']:7.1f} MB, state "
+                f"{r['state_mb']:6.2f} MB, video {r['video_mb']:5.2f} MB, probe {r['probe']}) "
+                f"{r['s_per_frame']:6.3f} s/frame")
+    planted = measure(mixer=mixers[0], frames=min(frames), plant_mb=PLANT_MB, **base)
+    log(f"{mixers[0]:>10} F={min(frames):>3} with a planted {PLANT_MB:.0f} MB tensor: peak {planted['peak_mb']:7.1f} MB")
+    return video_summary(rows, planted)
+
+
+def video_summary(rows: list[dict], planted: dict) -> dict:
+    """Memory growth from the fewest to the most frames per mixer, once the values and the self-checks pass.
+
+    Values: every memory reading is a finite number in [0, RAM]; a growth (a difference of two readings)
+    may dip below 0 by no more than the planted check's tolerance (the probe's certified resolution).
+    Self-checks, all needed, else BenchError naming the first that failed:
+    - `planted-allocation`: the planted point minus the same point without the plant is PLANT_MB within
+      PLANT_TOL (the probe sees what is allocated in the region, and nothing else);
+    - `kv-size`: attention's KV cache grows by >= MIN_KV_GROWTH_MB from the fewest to the most frames (the
+      benchmark is big enough to resolve a growth against the probe's few-MB noise);
+    - `kv-growth`: attention's measured growth matches the KV bytes alive at its peak within KV_TOL. At the
+      last frame two caches are alive: the sampler still holds the previous frames' (F-1 frames) while each
+      block's `step` concatenates it with the new frame into a fresh one (F frames); so the expected growth
+      is 2 * (KV(hi) - KV(lo)), 14x KV(lo) from 4 to 32 frames (the cache alone grows by 7x KV(lo)).
+    """
+    for r in rows + [planted]:
+        where = f"video point {r['mixer']} F={r['frames']}"
+        for key in ("peak_mb", "work_mb", "state_mb", "video_mb", "base_mb"):
+            check_mb(r[key], f"{where}: {key}")
+    by = {(r["mixer"], r["frames"]): r for r in rows}
+    lo, hi = min(r["frames"] for r in rows), max(r["frames"] for r in rows)
+    resolution = PLANT_TOL * PLANT_MB
+    growth = {m: check_mb(by[m, hi]["work_mb"] - by[m, lo]["work_mb"], f"{m} memory growth {lo}->{hi} frames",
+                          lo=-resolution) for m in sorted({r["mixer"] for r in rows})}
+
+    seen = planted["peak_mb"] - by[planted["mixer"], planted["frames"]]["peak_mb"]
+    att_lo, att_hi = by["attention", lo], by["attention", hi]
+    kv_growth = att_hi["state_mb"] - att_lo["state_mb"]
+    expected = 2 * kv_growth
+    checks = {
+        "planted-allocation": {
+            "passed": abs(seen - PLANT_MB) <= PLANT_TOL * PLANT_MB, "seen_mb": seen, "planted_mb": PLANT_MB,
+            "detail": f"a {PLANT_MB:.0f} MB tensor allocated in the measured region was seen as {seen:.1f} MB "
+                      f"(tolerance {PLANT_TOL:.0%})"},
+        "kv-size": {
+            "passed": kv_growth >= MIN_KV_GROWTH_MB, "kv_growth_mb": kv_growth,
+            "detail": f"attention's KV cache grows by {kv_growth:.1f} MB from {lo} to {hi} frames "
+                      f"(needed: >= {MIN_KV_GROWTH_MB:.0f} MB)"},
+        "kv-growth": {
+            "passed": abs(growth["attention"] - expected) <= KV_TOL * expected,
+            "measured_mb": growth["attention"], "expected_mb": expected,
+            "detail": f"attention's measured growth {lo}->{hi} frames {growth['attention']:.1f} MB = "
+                      f"{growth['attention'] / max(att_lo['state_mb'], 1e-9):.1f}x its {lo}-frame KV cache "
+                      f"({att_lo['state_mb']:.1f} MB); expected 2 x (KV({hi}) - KV({lo})) = {expected:.1f} MB "
+                      f"(the previous and the new cache alive together), tolerance {KV_TOL:.0%}"},
+    }
+    for name, c in checks.items():
+        if not c["passed"]:
+            raise BenchError(f"video memory self-check '{name}' failed: {c['detail']}")
+
+    def ratio(m):  # working memory at the most frames over the fewest (None when the fewest is ~0)
+        w = by[m, lo]["work_mb"]
+        return by[m, hi]["work_mb"] / w if w >= 1.0 else None
+
+    return {"rows": rows, "planted": planted, "frames_lo": lo, "frames_hi": hi, "growth_mb": growth,
+            "pom_growth_ratio": growth["pom"] / growth["attention"], "checks": checks,
+            "pom_mem_ratio": ratio("pom"), "attention_mem_ratio": ratio("attention")}
 
 
 def _nearest(rows, mixer, N):
@@ -136,20 +219,6 @@ def scaling(rows: list[dict], Ns, matmul: float) -> dict:
             "matmul_gflops_per_s": matmul, "pom_flops_efficiency": big["gflops_per_s"] / matmul if big else None}
 
 
-def video_ratios(vrows: list[dict]) -> dict:
-    """Memory growth from the fewest to the most frames, per mixer (working memory and peak)."""
-    def ratio(mixer, key):
-        by = {r["frames"]: r[key] for r in vrows if r["mixer"] == mixer}
-        lo, hi = min(by), max(by)
-        return by[hi] / max(by[lo], 1e-9), lo, hi
-
-    pr, lo, hi = ratio("pom", "work_mb")
-    # working memory = peak RSS growth minus the output video (which grows with frames for any mixer)
-    return {"rows": vrows, "frames_lo": lo, "frames_hi": hi, "pom_mem_ratio": pr,
-            "attention_mem_ratio": ratio("attention", "work_mb")[0],
-            "pom_peak_ratio": ratio("pom", "peak_mb")[0], "attention_peak_ratio": ratio("attention", "peak_mb")[0]}
-
-
 def run(section: dict) -> dict:
     """bench.json's content from the params `bench:` section (ConfigError names a bad `bench.<key>`)."""
     cfg = build_section(BenchConfig, section or {}, "bench")
@@ -159,9 +228,10 @@ def run(section: dict) -> dict:
     sc = scaling(rows, cfg.tokens, matmul_gflops_per_s(threads=threads))
     sc["protocol"] = {"dim": cfg.dim, "batch": cfg.batch, "heads": 4, "pom": POM,
                       "pass": "forward+backward, fp32, CPU", "threads": threads}
-    video = video_ratios(bench_video(frames=cfg.frames, model="DiT-M/4", batch=8, steps=4))
+    video = bench_video(frames=cfg.frames, model="DiT-M/4", batch=8, steps=4)
     video["protocol"] = {"model": "DiT-M/4 (untrained), mask=block", "batch": 8, "steps": 4, "cfg_scale": 2.0,
-                         "memory": "peak RSS growth during generation minus the output video, fresh process "
-                                   "per point (see papers.pom.bench.bench_video)"}
+                         "memory": "peak resident memory of the generation call above the RSS right before it "
+                                   "(kernel high-water mark reset), minus the output video; fresh process per "
+                                   "point; self-checked (see papers.pom.bench.bench_video)"}
     # top-level `rows` is the mixer scaling table the `metrics` notebook plots (its `scaling` figure)
     return {"machine": machine(), "rows": rows, "scaling": sc, "video": video}

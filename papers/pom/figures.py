@@ -37,7 +37,8 @@ def scaling_figure(b: dict, paper: str = "pom") -> Figure:
     for name, g in vrows.groupby("mixer"):
         ax[1, 0].plot(g["frames"], g["work_mb"], "o-", label=name)
         ax[1, 1].plot(g["frames"], g["s_per_frame"], "o-", label=name)
-    ax[1, 0].set(xlabel="frames generated", ylabel="working memory (MB)", title="frame-by-frame generation: memory")
+    ax[1, 0].set(xlabel="frames generated", ylabel="peak memory above the start, output excluded (MB)",
+              title="frame-by-frame generation: memory")
     ax[1, 1].set(xlabel="frames generated", ylabel="seconds per frame", title="frame-by-frame generation: time")
     for a in ax.flat:
         a.legend()
@@ -55,6 +56,7 @@ def scaling_table(b: dict):
     from IPython.display import Markdown
 
     sc, vid = b["scaling"], b["video"]
+    growth = vid.get("growth_mb") or {}
 
     def fmt(v, f="{:.2f}"):
         return "n/a" if v is None else f.format(v)
@@ -69,4 +71,10 @@ def scaling_table(b: dict):
         f"| PoM achieved FLOP/s / matmul FLOP/s | {fmt(sc.get('pom_flops_efficiency'))} |",
         f"| working memory {vid.get('frames_hi')} / {vid.get('frames_lo')} frames, PoM | {fmt(vid.get('pom_mem_ratio'))}x |",
         f"| same, attention with KV cache | {fmt(vid.get('attention_mem_ratio'))}x |",
+        f"| peak memory growth {vid.get('frames_lo')} -> {vid.get('frames_hi')} frames, PoM | "
+        f"{fmt(growth.get('pom'), '{:.1f}')} MB |",
+        f"| same, attention | {fmt(growth.get('attention'), '{:.1f}')} MB |",
+        f"| PoM's growth / attention's | {fmt(vid.get('pom_growth_ratio'), '{:.3f}')} |",
+        *(f"| self-check `{k}` | {'passed' if c.get('passed') else 'FAILED'}: {c.get('detail', '')} |"
+          for k, c in (vid.get("checks") or {}).items()),
     ]))
