@@ -477,7 +477,7 @@ def bench_figure(bench_json, paper: str) -> Figure | None:
 
 def x0_error_figure(results: list) -> Figure | None:
     """The x0 error vs log-SNR, one line per run (`pipelines.x0_error` outputs: dicts or JSON paths), log
-    scale, band = standard error over digits; lines of one variant share a colour. Noise grows to the left:
+    scale, band = standard error over digits; lines of one variant share a colour (each seed its own dashes). Noise grows to the left:
     where an arm's line rises above the others is where its x0 estimate (read as the sampler reads it)
     is worse. None when there is nothing to draw."""
     docs = [read_json(r) if isinstance(r, (str, Path)) else r for r in results]
@@ -487,7 +487,7 @@ def x0_error_figure(results: list) -> Figure | None:
         return None
     fig, axes = _axes(1, 1, 6.5, 4.4)
     ax = axes[0, 0]
-    colours = {}
+    colours, seen = {}, []
     for d in docs:
         pts = sorted(d["points"], key=lambda p: p.get("log_snr_used", p["log_snr"]))
         lam = np.array([p.get("log_snr_used", p["log_snr"]) for p in pts], dtype=float)
@@ -495,8 +495,10 @@ def x0_error_figure(results: list) -> Figure | None:
         sem = np.array([p.get("sem") if p.get("sem") is not None else np.nan for p in pts], dtype=float)
         variant = d.get("variant", "?")
         colour = colours.setdefault(variant, f"C{len(colours) % 10}")
+        style = ("-", "--", ":", "-.")[seen.count(variant) % 4]  # seeds of one variant: one colour, own dashes
+        seen.append(variant)
         label = f"{variant}/s{d.get('seed', '?')} ({d.get('objective', '?')}, {d.get('prediction', '?')})"
-        ax.plot(lam, mse, "o-", ms=3, color=colour, label=label)
+        ax.plot(lam, mse, marker="o", ls=style, ms=3, color=colour, label=label)
         if np.isfinite(sem).any():
             ax.fill_between(lam, np.clip(mse - sem, 1e-12, None), mse + sem, color=colour, alpha=0.2)
     ax.set_yscale("log")
