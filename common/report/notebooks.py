@@ -471,3 +471,43 @@ def bench_figure(bench_json, paper: str) -> Figure | None:
     fig.tight_layout()
     print(f"scaling figure from {bench_json}: {len(bench)} records, x={nkey}, y={keys}")
     return fig
+
+
+# ---- x0-error diagnostic -------------------------------------------------------------------------------
+
+def x0_error_figure(results: list) -> Figure | None:
+    """The x0 error vs log-SNR, one line per run (`pipelines.x0_error` outputs: dicts or JSON paths), log
+    scale, band = standard error over digits; lines of one variant share a colour (each seed its own dashes). Noise grows to the left:
+    where an arm's line rises above the others is where its x0 estimate (read as the sampler reads it)
+    is worse. None when there is nothing to draw."""
+    docs = [read_json(r) if isinstance(r, (str, Path)) else r for r in results]
+    docs = [d for d in docs if d and d.get("points")]
+    if not docs:
+        print("no x0-error results to draw")
+        return None
+    fig, axes = _axes(1, 1, 6.5, 4.4)
+    ax = axes[0, 0]
+    colours, seen = {}, []
+    for d in docs:
+        pts = sorted(d["points"], key=lambda p: p.get("log_snr_used", p["log_snr"]))
+        lam = np.array([p.get("log_snr_used", p["log_snr"]) for p in pts], dtype=float)
+        mse = np.array([p["mse"] for p in pts], dtype=float)
+        sem = np.array([p.get("sem") if p.get("sem") is not None else np.nan for p in pts], dtype=float)
+        variant = d.get("variant", "?")
+        colour = colours.setdefault(variant, f"C{len(colours) % 10}")
+        style = ("-", "--", ":", "-.")[seen.count(variant) % 4]  # seeds of one variant: one colour, own dashes
+        seen.append(variant)
+        label = f"{variant}/s{d.get('seed', '?')} ({d.get('objective', '?')}, {d.get('prediction', '?')})"
+        ax.plot(lam, mse, marker="o", ls=style, ms=3, color=colour, label=label)
+        if np.isfinite(sem).any():
+            ax.fill_between(lam, np.clip(mse - sem, 1e-12, None), mse + sem, color=colour, alpha=0.2)
+    ax.set_yscale("log")
+    ax.set(xlabel="log-SNR  log(alpha^2 / sigma^2)   (noisier to the left)", ylabel="x0 MSE (per pixel) ↓")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    p = docs[0].get("protocol", {})
+    ax.set_title(f"x0 error of the model's estimate vs noise level\n{p.get('dataset', '?')} {p.get('split', '?')}, "
+                 f"n = {p.get('num', '?')} digits, EMA {p.get('ema', '?')}, guidance {p.get('guidance', '?')}, "
+                 f"same noise for every run", fontsize=9)
+    fig.tight_layout()
+    return fig
