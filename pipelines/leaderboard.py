@@ -84,15 +84,20 @@ def _href(target: Path, out: Path) -> str:
     return Path(os.path.relpath(target.resolve(), out.resolve())).as_posix()
 
 
-def read_metrics(path: Path, root: Path) -> dict:
-    """A paper's metrics.json, parsed and schema-checked; LeaderboardError names the file and the key."""
-    rel = _rel(path, root)
+def _read_json(path: Path, rel: str):
+    """Parsed JSON of `path`; LeaderboardError names the file (`rel`) when it cannot be read or parsed."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise LeaderboardError(f"{rel}: cannot be read ({e})") from e
     except json.JSONDecodeError as e:
         raise LeaderboardError(f"{rel}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+
+
+def read_metrics(path: Path, root: Path) -> dict:
+    """A paper's metrics.json, parsed and schema-checked; LeaderboardError names the file and the key."""
+    rel = _rel(path, root)
+    doc = _read_json(path, rel)
     problems = validate_metrics(doc)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -136,12 +141,7 @@ def read_sweep(path: Path, root: Path) -> dict:
     """A paper's `results/sweep.json` (written by `pipelines.sweep`), checked just enough to draw its table;
     LeaderboardError names the file and the key."""
     rel = _rel(path, root)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise LeaderboardError(f"{rel}: cannot be read ({e})") from e
-    except json.JSONDecodeError as e:
-        raise LeaderboardError(f"{rel}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    doc = _read_json(path, rel)
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
         raise LeaderboardError(f"{rel}: must be an object with a list 'rows' (re-run python -m pipelines.sweep)")
     for i, r in enumerate(doc["rows"]):

@@ -37,6 +37,7 @@ from common.io import check_writable, write_atomic, write_json
 from common.metrics import schema
 
 from ._cli import StageParser, friendly_errors
+from ._cli import _flatten as flatten  # {"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}
 
 # The image gate of the verdict rule (DESIGN.md: Verdicts), from the schema once it defines it.
 GATE_METRIC, GATE_MIN = "class_consistency", getattr(schema, "IMAGE_GATE", 0.8)
@@ -111,17 +112,6 @@ def _dict(v) -> dict:
 def _data(node) -> dict:
     """The "data" of a dvc {"data": ...} / {"error": ...} node, or {} when it holds an error or nothing."""
     return node["data"] if isinstance(node, dict) and isinstance(node.get("data"), dict) else {}
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3} (an empty mapping stays a value)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def sweep_params_file(doc: list) -> str:
