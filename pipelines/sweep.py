@@ -170,6 +170,10 @@ def row_of(baseline, executor, rev: dict, params_file: str, base: dict) -> dict:
             "error": (error.get("msg") if isinstance(error, dict) else str(error)) if error else None}
 
 
+SAME_TEXT = "Identical to the base in every sample metric (the change had no effect on the samples)"
+SAME_KEYS = ("fid", "class_consistency", "precision", "recall", "seed")
+
+
 def build(doc: list, params_file: str, base_params: dict, base_name: str = "base") -> dict:
     """sweep.json: the protocol and the rows, the base experiment first, then by changed key and name."""
     base = flatten(base_params)
@@ -178,6 +182,10 @@ def build(doc: list, params_file: str, base_params: dict, base_name: str = "base
     if not rows:
         raise SweepError(f"no experiment in the listing uses '{params_file}'")
     rows.sort(key=lambda r: (r["name"] != base_name, sorted(r["changed"]), r["name"]))
+    first = rows[0] if rows[0]["name"] == base_name else None
+    for r in rows:  # a change that left every sample metric as it was measured nothing: say so
+        r["same_as_base"] = bool(first and r is not first and r["fid"] is not None
+                                 and all(r[k] == first[k] for k in SAME_KEYS))
     features = sorted({str(r["fid_features"]) for r in rows if r["fid_features"]})
     samples = sorted({r["fid_samples"] for r in rows if r["fid_samples"] is not None})
     out = {"params_file": params_file, "base": base_name, "preset": base_params.get("preset"),
@@ -186,7 +194,8 @@ def build(doc: list, params_file: str, base_params: dict, base_name: str = "base
            "fid_features": " / ".join(features) or None,
            "fid_samples": samples[0] if len(samples) == 1 else samples or None,
            "gate": {"metric": GATE_METRIC, "min": GATE_MIN}, "rows": rows}
-    return {**out, "note": protocol_line(out)}
+    same = [r["name"] for r in rows if r["same_as_base"]]
+    return {**out, "note": protocol_line(out) + (f" {SAME_TEXT}: {', '.join(same)}." if same else "")}
 
 
 # ---- sweep.md -------------------------------------------------------------------------------------------------
@@ -235,7 +244,9 @@ def markdown(sweep: dict) -> str:
                  _fmt(r["recall"], 3), _fmt(r["train_seconds"], 0), _fmt(r["train_img_per_s"], 1),
                  _si(r["params"]), "–" if _number(r["gflops"]) is None else f"{r['gflops']:.3g}"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines + ["", protocol_line(sweep), ""])
+    same = [r["name"] for r in sweep["rows"] if r.get("same_as_base")]
+    notes = [f"{SAME_TEXT}: {', '.join(same)}.", ""] if same else []
+    return "\n".join(lines + ["", protocol_line(sweep), ""] + notes)
 
 
 @friendly_errors

@@ -194,3 +194,15 @@ def test_tolerates_odd_entries(repo, cli):
     code, _, err = cli("--from", "odd.json", "--out", "sweep.json")
     assert code == 0 and err == ""
     assert len(json.loads((repo / "sweep.json").read_text())["rows"]) == 5  # "gone" has no params: not the sweep's
+
+
+def test_a_change_that_changed_no_sample_is_flagged():
+    """An experiment whose samples score exactly as the base's (e.g. an EMA decay above the warm-up cap)
+    is named under the table: it measured nothing."""
+    doc = exp_show()
+    same = rev("ema-0.999", tracked(**{"train.ema_decay": 0.999}), evaluation(0.91, 4.4), TRAIN)
+    doc[1]["experiments"].append({"name": "ema-0.999", "executor": {"state": "success"}, "revs": [same]})
+    out = sweep.build(doc, PARAMS, BASE)
+    flags = {r["name"]: r["same_as_base"] for r in out["rows"]}
+    assert flags["ema-0.999"] and not flags["base"] and not flags["t-uniform"] and not flags["base-seed-101"]
+    assert "had no effect on the samples): ema-0.999." in sweep.markdown(out)
