@@ -162,6 +162,10 @@ def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = N
     if problems:
         raise ResultsError(f"'{out}' would not validate: " + "; ".join(problems))
     readme = summary_markdown(doc)
+    sweep = out_dir / "sweep.md"  # the reference-recipe sweep's table (pipelines.sweep), shown where it was run
+    if sweep.is_file():
+        table = sweep.read_text(encoding="utf-8").split("\n", 1)[1].strip()
+        readme += f"\n## The reference recipe sweep ([`sweep.md`](sweep.md))\n\n{table}\n"
     check_writable(out, out_dir / "README.md", *thumbs)
     for thumb, grid in thumbs.items():  # written only once the document validates
         copy_atomic(grid, thumb)
