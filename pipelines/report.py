@@ -175,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root).resolve()
     if not root.is_dir():
         raise ReportError(f"--root '{args.root}' is not a directory")
-    missing = [n for n in args.notebooks if not (ROOT / "notebooks" / f"{n}.ipynb").is_file()]
+    missing = [n for n in args.notebooks if not template(n, args.paper).is_file()]  # the paper's own first
     if missing:
-        known = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
-        raise ReportError(f"notebook '{missing[0]}' not found: notebooks/{missing[0]}.ipynb (known: {', '.join(known)})")
+        known = sorted({p.stem for d in (ROOT / "notebooks", ROOT / "papers" / args.paper / "notebooks")
+                        for p in d.glob("*.ipynb")})
+        raise ReportError(f"notebook '{missing[0]}' not found: notebooks/{missing[0]}.ipynb or "
+                          f"papers/{args.paper}/notebooks/{missing[0]}.ipynb (known: {', '.join(known)})")
     out = Path(args.out) if args.out else root / "papers" / args.paper / "results" / "notebooks"
     check_writable_dir(out, "--out")
     failed = []

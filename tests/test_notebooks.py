@@ -203,3 +203,12 @@ def test_curves_plot_every_kept_checkpoint(tmp_path):
     assert [ax.get_title().split(":")[0] for ax in fallback.axes] == ["Training loss", "FID vs training step"]
     with pytest.raises(FileNotFoundError, match="loss.tsv or eval_steps.json"):
         nb.load_curves(tmp_path / "runs" / "vid")
+
+
+def test_report_finds_a_papers_own_notebook_before_running():
+    """The up-front name check looks where `template` looks: pom's own `scaling` passes it (the run then
+    stops at the unknown name after it), dit has no `scaling`."""
+    with pytest.raises(report.ReportError, match="notebook 'nosuch' not found.*known: .*scaling"):
+        report.main.__wrapped__(["pom", "--notebooks", "scaling", "nosuch"])
+    with pytest.raises(report.ReportError, match="notebook 'scaling' not found: .*papers/dit/notebooks/scaling"):
+        report.main.__wrapped__(["dit", "--notebooks", "scaling"])
