@@ -37,19 +37,8 @@ from ._cli import StageParser, friendly_errors
 
 PLACEHOLDER = "{{ data.json }}"  # where the template takes data.json
 
-# The verdict rule and the gates, stated once on the page. The schema owns the rule (`RULE_TEXT`, and the
-# image gate `IMAGE_GATE`); the texts below stand in for a schema that does not define them yet.
-IMAGE_GATE = getattr(schema, "IMAGE_GATE", 0.8)
-RULE_TEXT = getattr(schema, "RULE_TEXT", (
-    "One rule for every claim. Each compared arm has at least 3 seeds of its own; each claim declares its metric, "
-    "the direction that is better and a margin before any run (never below the metric's own noise). Comparable: "
-    "the 90% Welch interval of the difference lies inside +-margin. Better: a one-sided Welch test and an effect "
-    "beyond the margin. Anything else is inconclusive."))
-GATE_TEXT = (
-    f"Gates, per arm at its final checkpoint: images need a class-consistency of at least {IMAGE_GATE} (the share "
-    "of samples the feature network's classifier labels as the asked class); video a gate calibrated on real "
-    "clips. 'Comparable' needs every compared arm to pass, 'better' the arm found better (the other arm's gate "
-    "is shown beside the verdict); otherwise the verdict is inconclusive.")
+# The verdict rule and the gates, stated once on the page (the schema owns both texts).
+RULE_TEXT, GATE_TEXT = schema.RULE_ONLY_TEXT, schema.GATE_TEXT
 
 
 class LeaderboardError(UserError, RuntimeError):

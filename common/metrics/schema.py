@@ -150,16 +150,19 @@ DIRECTIONS = ("lower", "higher")
 GATES = ("image", "video", "none")
 FID_METRICS = ("fid", "frame_fid")
 
-RULE_TEXT = (
-    "One rule for every claim. Each compared arm has at least 3 seeds of its own, and each claim declares its "
+RULE_ONLY_TEXT = (
+    'One rule for every claim. Each compared arm has at least 3 seeds of its own, and each claim declares its '
     "metric, the direction that is better and a margin in its paper's params before any run; an FID margin is "
-    "never below the real-vs-real FID of two real sets of the sample size used. Comparable: the 90% Welch "
-    "confidence interval of the difference of means lies inside +-margin. Better (or worse): a one-sided Welch "
-    "t-test at alpha 0.05 and an observed difference beyond the margin. Anything else is inconclusive. Gates, "
-    "per arm at its final checkpoint: images, mean class-consistency over the arm's seeds >= 0.8; video, "
-    "frame-FID <= 2x the real-vs-real value and class- and temporal consistency >= 0.9x the real clips' (on "
-    "two-digit moving frames real clips score far below 0.8). 'Comparable' needs every compared arm to pass, 'better' the arm found better (the other arm's gate "
-    "is shown beside it); otherwise the verdict is inconclusive (below the quality gate).")
+    'never below the real-vs-real FID of two real sets of the sample size used. Comparable: the 90% Welch '
+    'confidence interval of the difference of means lies inside +-margin. Better (or worse): a one-sided Welch '
+    't-test at alpha 0.05 and an observed difference beyond the margin. Anything else is inconclusive.')
+GATE_TEXT = (
+    "Gates, per arm at its final checkpoint: images, mean class-consistency over the arm's seeds >= 0.8; video, "
+    "frame-FID <= 2x the real-vs-real value and class- and temporal consistency >= 0.9x the real clips' (on two-"
+    "digit moving frames real clips score far below 0.8). 'Comparable' needs every compared arm to pass, 'better'"
+    " the arm found better (the other arm's gate is shown beside it); otherwise the verdict is inconclusive "
+    '(below the quality gate).')
+RULE_TEXT = f"{RULE_ONLY_TEXT} {GATE_TEXT}"
 
 
 class ClaimError(UserError, ValueError):
@@ -352,7 +355,7 @@ def judge(spec: ClaimSpec, rows: list[dict], calibration: dict | None = None) ->
     else:
         outcome, winner = "inconclusive", None
     out["outcome"] = outcome
-    if hi - lo > 2 * m:
+    if outcome == "inconclusive" and hi - lo > 2 * m:  # only an undecided claim needs more seeds
         out["seeds_needed"] = seeds_needed(vals[a_name], vals[b_name], m)
     est = (f"{a_name} {'better' if gain >= 0 else 'worse'} by {abs(gain):.3g} {label} (90% CI of the gain "
            f"[{lo:.3g}, {hi:.3g}], one-sided p = {w['p_one_sided']:.3g}, margin {m:g})")
