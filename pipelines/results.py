@@ -39,7 +39,7 @@ MEAN_KEYS = ("fid", "kid", "precision", "recall", "class_consistency", "frame_fi
 # also kept seed by seed (`<key>_per_seed`): the verdict rule compares arms on these
 PER_SEED_KEYS = ("fid", "kid", "precision", "recall", "class_consistency", "frame_fid", "temporal_consistency")
 # must agree across seeds; taken from the first seed
-PROTOCOL_KEYS = ("fid_features", "fid_samples", "sampler", "sample_steps", "cfg_scale", "ema", "reference")
+PROTOCOL_KEYS = ("fid_features", "featnet", "fid_samples", "sampler", "sample_steps", "cfg_scale", "ema", "reference")
 TRAIN_KEYS = ("params", "gflops", "train_steps")
 
 

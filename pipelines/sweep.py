@@ -165,6 +165,7 @@ def row_of(baseline, executor, rev: dict, params_file: str, base: dict) -> dict:
             "steps": _number(params.get("train.steps")) or _number(tr.get("train_steps")),
             **{k: _number(ev.get(k)) for k in EVAL_KEYS}, **{k: _number(tr.get(k)) for k in TRAIN_KEYS},
             "fid_features": ev.get("fid_features"),
+            "featnet": ev.get("featnet"),  # the feature net's id (space@sha256[:12]): FIDs compare within one
             "gate_passed": None if cc is None else cc >= GATE_MIN,
             "matmul_gflops_per_s": _number(tr.get("matmul_gflops_per_s", machine.get("matmul_gflops_per_s"))),
             "error": (error.get("msg") if isinstance(error, dict) else str(error)) if error else None}
@@ -186,7 +187,7 @@ def build(doc: list, params_file: str, base_params: dict, base_name: str = "base
     for r in rows:  # a change that left every sample metric as it was measured nothing: say so
         r["same_as_base"] = bool(first and r is not first and r["fid"] is not None
                                  and all(r[k] == first[k] for k in SAME_KEYS))
-    features = sorted({str(r["fid_features"]) for r in rows if r["fid_features"]})
+    features = sorted({str(r.get("featnet") or r["fid_features"]) for r in rows if r["fid_features"]})
     samples = sorted({r["fid_samples"] for r in rows if r["fid_samples"] is not None})
     out = {"params_file": params_file, "base": base_name, "preset": base_params.get("preset"),
            "toy_scale": base_params.get("preset") != "paper",
