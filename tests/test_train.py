@@ -618,3 +618,25 @@ def test_ddp_with_a_term_equals_one_process(tmp_path):
     for key in ("model", "ema", "losses"):
         _assert_same(ck[key], ref[key], key, exact=False)
     _assert_same(ck["opt"]["state"], ref["opt"]["state"], "opt", exact=False)
+
+
+def test_exported_weights_fine_tune_and_sample(tmp_path):
+    """pipelines.export_weights keeps only the EMA weights (one storage for "ema" and "model"), and the
+    export is a run directory that `train.init_from` and `load_for_sampling` take as they are."""
+    from common.train import load_for_sampling
+    from pipelines.export_weights import ExportError, export_weights
+
+    src = tmp_path / "src"
+    assert _run(src, 3) == 0
+    dst = export_weights(src, tmp_path / "ref")
+    full, small = (src / "ckpt" / "latest.pt").stat().st_size, dst.stat().st_size
+    ema = _ckpt(src)["ema"]
+    assert small < 0.45 * full  # no raw weights, optimizer moments or RNG; ema saved once
+    model, cfg, step = load_for_sampling(tmp_path / "ref")
+    _assert_same(model.state_dict(), ema)
+    assert step == 3 and cfg.variant == "sit"
+    out = tmp_path / "ft"
+    assert _run(out, 1, f"train.init_from={tmp_path / 'ref'}", "train.lr=0") == 0
+    _assert_same(_ckpt(out)["model"], ema)
+    with pytest.raises(ExportError, match="run the train stage"):
+        export_weights(tmp_path / "nothing", tmp_path / "x")
