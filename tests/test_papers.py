@@ -143,20 +143,24 @@ def test_paper_presets_use_paper_sizes(paper):
 
 @pytest.mark.parametrize("paper", PAPERS)
 def test_dvc_runs_are_listed_once(paper):
-    """The variant x seed list is written once (`vars: runs`); every per-run stage iterates over it, names
-    its variants, and keeps the stage names recorded in dvc.lock."""
+    """The variant x seed list is written once (`vars: runs`; sampling-only runs, which train nothing, in
+    `resampled`); every per-run stage iterates over one of them, names its variants, and keeps the stage
+    names recorded in dvc.lock."""
     from dvc.dvcfile import load_file
     from dvc.repo import Repo
 
     path = ROOT / "papers" / paper / "dvc.yaml"
     raw = yaml.safe_load(path.read_text())
-    runs = next(v["runs"] for v in raw.get("vars", []) if isinstance(v, dict) and "runs" in v)
-    per_run = [name for name, st in raw["stages"].items() if "foreach" in st]
-    assert per_run and all(raw["stages"][n]["foreach"] == "${runs}" for n in per_run)
-    assert {r["variant"] for r in runs.values()} <= set(_variants(paper))
-    assert all(isinstance(r["seed"], int) for r in runs.values())
+    lists = {k: v for d in raw.get("vars", []) if isinstance(d, dict) for k, v in d.items() if k in ("runs", "resampled")}
+    assert "runs" in lists
+    per_run = {name: st["foreach"][2:-1] for name, st in raw["stages"].items() if "foreach" in st}
+    assert "${runs}" in {raw["stages"][n]["foreach"] for n in per_run}
+    assert all(raw["stages"][n]["foreach"] == f"${{{k}}}" and k in lists for n, k in per_run.items())
+    for runs in lists.values():
+        assert {r["variant"] for r in runs.values()} <= set(_variants(paper))
+        assert all(isinstance(r["seed"], int) for r in runs.values())
     names = set(load_file(Repo(str(ROOT)), str(path.relative_to(ROOT))).stages)
-    assert {f"{s}@{key}" for s in per_run for key in runs} <= names
+    assert {f"{s}@{key}" for s, k in per_run.items() for key in lists[k]} <= names
     lock = ROOT / "papers" / paper / "dvc.lock"
     if lock.exists():
         recorded = {n for n in yaml.safe_load(lock.read_text())["stages"] if n.startswith(("train@", "sample@"))}
