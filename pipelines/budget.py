@@ -38,6 +38,7 @@ from common.errors import UserError, short_reason
 from common.io import InputError, check_writable, read_json, write_atomic, write_json
 
 from ._cli import StageParser, friendly_errors
+from .share import MARK as SHARE_MARK
 
 COMMITTED = "collect"                      # the per-run stage whose output is the run's committed files
 PER_RUN = ("train", "sample", "evaluate")  # the per-run stages whose duration the run's files record
@@ -104,7 +105,12 @@ def _step(stage, root: Path, resolvers: dict) -> Step:
     seed = item.get("seed")
     return Step(stage=stage.addressing, kind=kind, pipeline=Path(stage.path_in_repo).parent.as_posix(),
                 key=key or None, variant=item.get("variant"), seed=seed if isinstance(seed, int) else None,
-                outs=[Path(o.fs_path).relative_to(root).as_posix() for o in stage.outs])
+                outs=[_rel(o, root) for o in stage.outs])
+
+
+def _rel(entry, root: Path) -> str:
+    """An output's path relative to the repository root."""
+    return Path(entry.fs_path).relative_to(root).as_posix()
 
 
 def _foreach_item(resolver, name: str, key: str) -> dict:
@@ -164,6 +170,21 @@ def one_off_timing(step: Step, root: Path) -> Timing:
             if key:
                 return _timing(doc[key], doc.get("threads"), f"{out}: {key}")
     return Timing("not recorded")
+
+
+def shared_as(steps: list[Step], root: Path) -> dict[str, list[str]]:
+    """{arm: where a stage outside the runs shared its committed files to}, read from the share marks
+    (`<out>/s<seed>/SHARED_FROM`, naming the source run): another pipeline's run reused as an arm."""
+    dirs = run_dirs(steps)
+    arm_of = {dirs[(s.pipeline, s.key)]: s.arm for s in steps if s.arm and (s.pipeline, s.key) in dirs}
+    out: dict[str, list[str]] = {}
+    for s in steps:
+        for o in s.outs if s.variant is None else []:
+            for mark in sorted((root / o).glob(f"*/{SHARE_MARK}")):
+                arm = arm_of.get(mark.read_text(encoding="utf-8").strip())
+                if arm and o not in out.get(arm, []):
+                    out.setdefault(arm, []).append(o)
+    return out
 
 
 def run_dirs(steps: list[Step]) -> dict[tuple[str, str], str]:
@@ -285,8 +306,9 @@ def budget(steps: list[Step], root: Path, cores: int = 2, target: str = "", targ
                    {"cpu_minutes": None, "wall_minutes": None, "threads": None, "threads_assumed": None})
         rows.append(row)
     bases = _estimate(rows, steps, root, params)
+    shared = shared_as(steps, root)
     doc = {"target": target, "cores": cores, "target_minutes": target_minutes,
-           "totals": _totals(rows, target_minutes), "by_kind": _group(rows, "kind"), "by_arm": _by_arm(rows, bases),
+           "totals": _totals(rows, target_minutes), "by_kind": _group(rows, "kind"), "by_arm": _by_arm(rows, bases, shared),
            "stages": rows}
     for row in rows:  # rounded once every sum is taken
         for k in ("cpu_minutes", "wall_minutes"):
@@ -367,7 +389,7 @@ def _group(rows: list[dict], key: str) -> dict:
     return {name: _sums(g) for name, g in groups.items()}
 
 
-def _by_arm(rows: list[dict], bases: dict) -> dict:
+def _by_arm(rows: list[dict], bases: dict, shared: dict) -> dict:
     """Per arm (the stages outside the runs last): its seeds, what they recorded per stage kind (sum and
     per-seed range), the totals, and where its estimate comes from."""
     out = {}
@@ -378,7 +400,7 @@ def _by_arm(rows: list[dict], bases: dict) -> dict:
         entry = {**groups[name], "seeds": sorted(set(seeds)),
                  "recorded_seeds": sorted({r["seed"] for r in mine if r["seed"] is not None
                                            and r["kind"] == "train" and r["status"] == "recorded"}),
-                 "estimate": bases.get(name), "kinds": {}}
+                 "shared_as": shared.get(name, []), "estimate": bases.get(name), "kinds": {}}
         for kind in dict.fromkeys(r["kind"] for r in mine):
             rec = [r["wall_minutes"] for r in mine if r["kind"] == kind and r["status"] == "recorded"]
             if rec:
@@ -444,6 +466,8 @@ def markdown(doc: dict) -> str:
             est = "no estimate"
         recorded = a["recorded"] > 0
         name = f"`{arm}`" if arm != ONE_OFF else f"{ONE_OFF} stages"
+        if a["shared_as"]:
+            name += " (shared as " + ", ".join(f"`{p}`" for p in a["shared_as"]) + ")"
         out.append(f"| {name} | {','.join(map(str, a['seeds'])) or '–'} | {','.join(map(str, a['recorded_seeds'])) or '–'} "
                    f"| {' | '.join(cells)} | {_m(a['wall_minutes']) if recorded else '–'} "
                    f"| {_m(a['cpu_minutes']) if recorded else '–'} | {est} |")

@@ -148,6 +148,12 @@ def _mini_repo(root: Path) -> None:
                                                      "outs": [{kept: {"cache": False}}]}},
             "results": {"wdir": "../..", "cmd": "results", "deps": ["papers/p/results/runs"],
                         "outs": [{"papers/p/results/table.json": {"cache": False}}]}}}))
+    (root / "papers" / "q").mkdir(parents=True)   # another pipeline reusing run a-0 as its arm `ref`
+    (root / "papers" / "q" / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"reference": {
+        "wdir": "../..", "cmd": "share", "deps": ["papers/p/results/runs/a/s0"],
+        "outs": [{"papers/q/results/runs/ref": {"cache": False}}]}}}))
+    (root / "papers/q/results/runs/ref/s0").mkdir(parents=True)
+    (root / "papers/q/results/runs/ref/s0/SHARED_FROM").write_text("papers/p/results/runs/a/s0\n")
     _write(root / "papers" / "p" / "params.yaml", {"model": {"name": "M"}, "variants": {"a": {}, "b": {}}})
     _write(root / "prep.json", {"seconds": 90.0})
     _record(root, "papers/p", "a", 0, train_s=120, sample_s=0, eval_s=None)
@@ -175,6 +181,12 @@ def test_plan_is_dvcs_and_main_writes_both_files(tmp_path, monkeypatch, capsys):
     md = (tmp_path / "papers/p/results/budget.md").read_text()
     assert md.startswith("# CPU budget of `dvc repro papers/p/dvc.yaml`")
     assert "papers/p/dvc.yaml: 6 stages" in capsys.readouterr().out
+    assert saved["by_arm"]["p/a"]["shared_as"] == []
+
+    shared = budget.main(["papers/q/dvc.yaml", "--out", "papers/q/results/budget.json"])  # the run, shared
+    assert [r["stage"] for r in shared["stages"]][-1] == "papers/q/dvc.yaml:reference"
+    assert shared["by_arm"]["p/a"]["shared_as"] == ["papers/q/results/runs/ref"]
+    assert "`p/a` (shared as `papers/q/results/runs/ref`)" in (tmp_path / "papers/q/results/budget.md").read_text()
 
 
 @pytest.mark.parametrize("args, culprit", [
