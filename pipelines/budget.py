@@ -226,10 +226,14 @@ def variant_config(params: dict, variant: str) -> dict | None:
         return None
     preset = params.get("preset", "tiny")
     cfg = {k: params[k] for k in RUN_SECTIONS if isinstance(params.get(k), dict)}
-    cfg = _merge(cfg, (params.get("presets") or {}).get(preset) or {})
+    cfg = _merge(cfg, _mapping(_mapping(params.get("presets")).get(preset)))
     cfg = _merge(cfg, {k: v[k] for k in RUN_SECTIONS if isinstance(v.get(k), dict)})
-    cfg = _merge(cfg, (v.get("preset_overrides") or {}).get(preset) or {})
+    cfg = _merge(cfg, _mapping(_mapping(v.get("preset_overrides")).get(preset)))
     return {**cfg, "preset": preset}
+
+
+def _mapping(v) -> dict:
+    return v if isinstance(v, dict) else {}
 
 
 def _get(cfg: dict, dotted: str):
@@ -291,10 +295,9 @@ def _r(x: float | None, digits: int = 3) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def budget(steps: list[Step], root: Path, cores: int = 2, target: str = "", target_minutes: float | None = None,
-           params: dict[str, dict] | None = None) -> dict:
-    """The budget document of a plan: one entry per stage, grouped by kind and by arm, with totals.
-    `params`: {pipeline: its params} for the estimates (read beside each dvc.yaml when not given)."""
+def budget(steps: list[Step], root: Path, cores: int = 2, target: str = "", target_minutes: float | None = None) -> dict:
+    """The budget document of a plan (`plan`): one entry per stage, grouped by kind and by arm, with totals;
+    the estimates read each pipeline's params.yaml beside its dvc.yaml."""
     if cores < 1:
         raise BudgetError(f"--cores must be >= 1, got {cores}")
     times = timings(steps, root)
@@ -305,25 +308,21 @@ def budget(steps: list[Step], root: Path, cores: int = 2, target: str = "", targ
         row.update(_minutes(t, cores) if t.status == "recorded" else
                    {"cpu_minutes": None, "wall_minutes": None, "threads": None, "threads_assumed": None})
         rows.append(row)
-    bases = _estimate(rows, steps, root, params)
+    bases = _estimate(rows, steps, root)
     shared = shared_as(steps, root)
     doc = {"target": target, "cores": cores, "target_minutes": target_minutes,
            "totals": _totals(rows, target_minutes), "by_kind": _group(rows, "kind"), "by_arm": _by_arm(rows, bases, shared),
            "stages": rows}
-    for row in rows:  # rounded once every sum is taken
+    for entry in [*rows, *(r["estimate"] for r in rows if r["estimate"])]:  # rounded once every sum is taken
         for k in ("cpu_minutes", "wall_minutes"):
-            row[k] = _r(row[k])
-        for k in ("cpu_minutes", "wall_minutes"):
-            if row["estimate"]:
-                row["estimate"][k] = _r(row["estimate"][k])
+            entry[k] = _r(entry[k])
     return doc
 
 
-def _estimate(rows: list[dict], steps: list[Step], root: Path, params: dict[str, dict] | None) -> dict:
+def _estimate(rows: list[dict], steps: list[Step], root: Path) -> dict:
     """Fill `estimate` of each not-run per-run stage from the recorded arm of the same cost (the mean over
     its recorded stages of the same kind; an arm's own recorded seeds first); returns {arm: {from, basis}}."""
-    params = dict(params or {})
-    cfg_of = {}
+    params, cfg_of = {}, {}
     for s in steps:
         if s.arm and s.arm not in cfg_of:
             if s.pipeline not in params:
