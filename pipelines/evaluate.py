@@ -7,7 +7,7 @@ were decoded into pixels by the sample stage), plus `samples.json` and `train.js
 and writes `<run>/eval.json`: FID against the reference statistics, KID, precision/recall (k-NN, k=3),
 class consistency, and for videos the per-frame FID (all frames pooled, against real video frames) and
 temporal consistency. Each number sits beside its protocol (feature space, sample count, reference,
-sampler, steps, guidance, EMA, codec, dataset, preset).
+sampler, steps, guidance, EMA, codec, dataset, preset), and the time it took (`eval_seconds`, `eval_threads`).
 
 Feature spaces (`--features auto` takes the dataset's, `common.data.DatasetInfo.features`):
 - `mnist-cnn` (the digits): `--featnet DIR` holds mnist-cnn.pt and ref_stats.npz (pipelines.featurenet).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -161,7 +162,12 @@ def load_space(space: str, dataset: str | None, args) -> tuple:
 
 def evaluate_run(run: Path, net, ref: dict, featnet_id: str, space: str = FEATURE_SPACE) -> dict:
     """All metrics of one run dir, with their protocol, as a flat dict (also written to eval.json).
-    A feature net without `classify` (Inception) leaves class and temporal consistency null."""
+    A feature net without `classify` (Inception) leaves class and temporal consistency null.
+    `eval_seconds` / `eval_threads`: the wall time of this run's metrics (feature net and reference
+    loading excluded) and torch's thread count, so that a run's CPU budget is recorded (pipelines.budget)."""
+    import torch
+
+    t0 = time.perf_counter()
     x, labels = load_samples(run)
     meta = _read_json(run / "samples.json", required=False)
     train = _read_json(run / "train.json", required=False)
@@ -190,6 +196,8 @@ def evaluate_run(run: Path, net, ref: dict, featnet_id: str, space: str = FEATUR
         "codec": meta.get("codec"),
         "dataset": dataset,
         "preset": train.get("preset"),
+        "eval_seconds": time.perf_counter() - t0,
+        "eval_threads": torch.get_num_threads(),
     })
     return out
 

@@ -61,6 +61,7 @@ def test_evaluate_real_digits_beat_noise(featnet_dir, heldout, tmp_path):
     assert (g["sampler"], g["sample_steps"], g["cfg_scale"], g["ema"]) == ("euler", 50, 2.0, True)
     assert (g["dataset"], g["preset"]) == ("mnist5k", "tiny")
     assert g["featnet"].startswith("mnist-cnn@")
+    assert g["eval_seconds"] > 0 and g["eval_threads"] >= 1      # the run's CPU budget (pipelines.budget)
     assert ev["noise"]["fid"] > 10 * g["fid"]
     assert ev["noise"]["precision"] < g["precision"]
     assert g["class_consistency"] > ev["wrong"]["class_consistency"] + 0.4
