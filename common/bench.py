@@ -212,10 +212,17 @@ def check_mb(value, what: str, lo: float = 0.0) -> float:
 
 
 def measure_point(mixer: str, N: int, dim: int, batch: int, heads: int, reps: int, threads: int,
-                  mixer_kwargs: dict | None = None, seed: int = 0) -> dict:
-    """One (mixer, N) point in THIS process (call it in a fresh process for honest peak memory)."""
+                  mixer_kwargs: dict | None = None, seed: int = 0, label: str | None = None,
+                  part: str = "both") -> dict:
+    """One (mixer, N) point in THIS process (call it in a fresh process: `bench_mixers` does).
+
+    part "memory": the peak resident memory of one forward+backward above the RSS right before it
+    (`PeakRSS`; run with glibc's MALLOC_MMAP_THRESHOLD_ fixed so that freed tensors leave the process);
+    part "time": the median of `reps` forward+backward passes and the FLOPs they count; "both": one process."""
     from common.mixers import build_mixer
 
+    if part not in ("both", "memory", "time"):
+        raise ValueError(f"unknown benchmark part '{part}' (both, memory, time)")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     m = build_mixer(mixer, dim, heads, **(mixer_kwargs or {}))
@@ -227,16 +234,25 @@ def measure_point(mixer: str, N: int, dim: int, batch: int, heads: int, reps: in
         m(x).sum().backward()
 
     # import and initialise everything lazily loaded (triton via the flop counter, oneDNN, autograd
-    # threads) on a tiny input first, so the baseline below excludes these one-off costs
+    # threads) on a tiny input first, so the region below excludes these one-off costs
     xs = torch.randn(batch, min(N, 8), dim, requires_grad=True)
     count_flops(lambda: m(xs).sum().backward())
-    base = maxrss_mb()
-    flops = count_flops(fwd_bwd)  # first run: also the memory peak and the warm-up
-    peak = maxrss_mb() - base
-    ms = time_ms(fwd_bwd, reps, warmup=0)
-    return {"mixer": mixer, "N": N, "dim": dim, "batch": batch, "heads": heads, "threads": threads,
-            "ms_fwd_bwd": ms, "peak_mb": peak, "gflop": flops / 1e9,
-            "gflops_per_s": flops / 1e9 / (ms * 1e-3)}
+    flops = count_flops(fwd_bwd)  # the first full pass: also the warm-up
+    row = {"mixer": label or mixer, "kind": mixer, "mixer_kwargs": mixer_kwargs or {}, "N": N, "dim": dim,
+           "batch": batch, "heads": heads, "threads": threads, "gflop": flops / 1e9}
+    if part in ("both", "memory"):
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        with PeakRSS() as probe:  # x and the weights exist before; their gradients are inside
+            fwd_bwd()
+        row.update(peak_mb=probe.peak_mb, probe=probe.method)
+    if part in ("both", "time"):
+        ms = time_ms(fwd_bwd, reps, warmup=0)
+        row.update(ms_fwd_bwd=ms, gflops_per_s=flops / 1e9 / (ms * 1e-3))
+    return row
+
+
+MMAP_ALL = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}  # glibc: blocks >= 64 KiB mapped alone, unmapped on free
 
 
 def run_in_subprocess(func: str, kwargs: dict, timeout: float, env: dict | None = None) -> dict:
@@ -259,35 +275,44 @@ def bench_mixers(mixers, Ns=(64, 256, 1024, 2048, 4096, 8192, 16384), dim: int =
                  heads: int = 4, reps: int = 3, threads: int = 2, mixer_kwargs=None, linear=(),
                  max_seconds: float = 60.0, max_gb: float = 16.0, subprocess_per_point: bool = True,
                  log=print) -> list[dict]:
-    """Forward + backward cost of one layer of each mixer (registered names) over sequence lengths Ns.
+    """Forward + backward cost of one layer of each mixer over sequence lengths Ns.
 
-    Returns one dict per (mixer, N): {mixer, N, ms_fwd_bwd, peak_mb, gflop, gflops_per_s, ...};
-    skipped points carry `skipped` (the reason) and None values. `mixer_kwargs` maps a mixer name to
-    its constructor kwargs (e.g. {"pom": {"degree": 2, "expand": 2}}). Mixers named in `linear` are
-    measured at every N; the others are extrapolated quadratically to skip points that would be too
-    slow or too big."""
+    `mixers`: registered names, or a dict label -> (registered name, constructor kwargs) to measure one
+    mixer in several settings (`mixer_kwargs`, name -> kwargs, serves the plain-name form). Returns one
+    dict per (label, N): {mixer (the label), kind, N, ms_fwd_bwd, peak_mb, gflop, gflops_per_s, ...};
+    skipped points carry `skipped` (the reason) and None values. Each point runs in two fresh processes:
+    memory (`PeakRSS`, with MMAP_ALL so the resident peak follows live tensors) and time (the default
+    allocator: unmapping every freed tensor would slow the timing). Mixers named in `linear` are measured
+    at every N; the others are extrapolated quadratically to skip points that would be too slow or too big."""
+    arms = (dict(mixers) if isinstance(mixers, dict)
+            else {name: (name, (mixer_kwargs or {}).get(name)) for name in mixers})
     rows = []
-    for name in mixers:
+    for label, (name, kwargs) in arms.items():
         prev = None
         for N in sorted(Ns):
             kw = dict(mixer=name, N=N, dim=dim, batch=batch, heads=heads, reps=reps, threads=threads,
-                      mixer_kwargs=(mixer_kwargs or {}).get(name))
-            if prev is not None and name not in linear:  # quadratic extrapolation (conservative for linear mixers)
+                      mixer_kwargs=kwargs, label=label)
+            if prev is not None and label not in linear:  # quadratic extrapolation (conservative for linear mixers)
                 r = N / prev["N"]
                 est_s, est_gb = prev["ms_fwd_bwd"] * 1e-3 * r * r, max(prev["peak_mb"], 1.0) * r * r / 1024
                 if est_s > max_seconds or est_gb > max_gb:
-                    rows.append({"mixer": name, "N": N, "ms_fwd_bwd": None, "peak_mb": None, "gflop": None,
-                                 "gflops_per_s": None, "est_s": est_s,
+                    rows.append({"mixer": label, "kind": name, "N": N, "ms_fwd_bwd": None, "peak_mb": None,
+                                 "gflop": None, "gflops_per_s": None, "est_s": est_s,
                                  "skipped": f"predicted {est_s:.0f} s / {est_gb:.1f} GB per fwd+bwd"})
-                    log(f"{name:>10} N={N:>6} skipped ({rows[-1]['skipped']})")
+                    log(f"{label:>14} N={N:>6} skipped ({rows[-1]['skipped']})")
                     continue
                 kw["reps"] = max(1, min(reps, int(max_seconds / max(est_s, 1e-9))))
             timeout = 20 * max_seconds + 60
-            row = (run_in_subprocess("common.bench.measure_point", kw, timeout) if subprocess_per_point
-                   else measure_point(**kw))
+            if subprocess_per_point:
+                row = run_in_subprocess("common.bench.measure_point", {**kw, "part": "memory"}, timeout, env=MMAP_ALL)
+                timed = run_in_subprocess("common.bench.measure_point", {**kw, "part": "time"}, timeout)
+                row.update(ms_fwd_bwd=timed["ms_fwd_bwd"], gflops_per_s=timed["gflops_per_s"])
+            else:
+                row = measure_point(**kw)
+            check_mb(row["peak_mb"], f"{label} N={N}: peak_mb")
             rows.append(row)
             prev = row
-            log(f"{name:>10} N={N:>6} {row['ms_fwd_bwd']:10.1f} ms {row['peak_mb']:9.1f} MB "
+            log(f"{label:>14} N={N:>6} {row['ms_fwd_bwd']:10.1f} ms {row['peak_mb']:9.1f} MB "
                 f"{row['gflop']:9.2f} GFLOP {row['gflops_per_s']:7.1f} GFLOP/s")
     return rows
 
@@ -332,5 +357,5 @@ def core(log=print) -> dict:
 
 
 __all__ = ["BenchError", "PeakRSS", "bench_mixers", "bench_train_step", "check_mb", "core", "count_flops",
-           "loglog_slope", "machine", "matmul_gflops_per_s", "maxrss_mb", "measure_point", "ram_mb", "rss_bytes",
+           "loglog_slope", "machine", "matmul_gflops_per_s", "maxrss_mb", "MMAP_ALL", "measure_point", "ram_mb", "rss_bytes",
            "run_in_subprocess", "time_ms"]

@@ -73,6 +73,49 @@ def test_pom_derived_numbers():
     json.dumps(sc)
 
 
+def _layer_rows(lean_mb: float, head_lean_mb: float, lean_ms: float = 105.0):
+    """Benchmark rows at N = 1024 and 4096 (D=8, batch 1, 2 heads) for the five arms of papers.pom.bench.ARMS."""
+    rows = []
+    for N in (1024, 4096):
+        mb = {"pom": 3 * lean_mb, "pom-lean": lean_mb, "pom-head": 2 * head_lean_mb, "pom-head-lean": head_lean_mb,
+              "attention": 100.0}
+        ms = {"pom": 100.0, "pom-lean": lean_ms, "pom-head": 50.0, "pom-head-lean": 50.0, "attention": 400.0}
+        rows += [{"mixer": k, "N": N, "peak_mb": mb[k] * N / 4096, "ms_fwd_bwd": ms[k]} for k in mb]
+    return rows
+
+
+def test_layer_memory_summary_and_claim():
+    """Floors from the layer's shapes; the claim holds only when every condition holds at every N >= 4096."""
+    from papers.pom import claims
+    from papers.pom.bench import layer_memory
+
+    floor = 4096 * (32 + 32 + 8) * 4 / 2**20  # batch 1, S = G = 2*2*8 per channel, + D
+    head_floor = 4096 * (32 + 2 + 8) * 4 / 2**20
+
+    def claim(rows):
+        lm = layer_memory(rows, dim=8, batch=1, heads=2)
+        return lm, next(c for c in claims([], {"bench": {"scaling": {"layer_memory": lm}}}) if c["key"] == "layer-memory")
+
+    lm, good = claim(_layer_rows(lean_mb=1.05 * floor, head_lean_mb=90.0))
+    (p,) = lm["points"]  # only N >= 4096
+    assert p["N"] == 4096 and p["pom-floor_mb"] == pytest.approx(floor) and p["pom-head-floor_mb"] == pytest.approx(head_floor)
+    assert p["floor_ratio"] == pytest.approx(1.05) and p["pom-lean_time_ratio"] == pytest.approx(1.05)
+    assert good["verdict"] == "reproduced", good["reason"]
+    for rows, words in ((_layer_rows(1.2 * floor, 90.0), "x floor"), (_layer_rows(floor, 120.0), "> attention"),
+                        (_layer_rows(floor, 90.0, lean_ms=130.0), "lean time")):
+        _, bad = claim(rows)
+        assert bad["verdict"] == "not reproduced" and words in bad["reason"], bad["reason"]
+    json.dumps(good)
+
+
+def test_labelled_arms_measure_one_mixer_in_several_settings():
+    rows = bench_mixers({"pom": ("pom", {"degree": 2}), "pom-lean": ("pom", {"degree": 2, "lean": True})}, Ns=(8,),
+                        dim=16, batch=1, heads=2, reps=1, threads=1, subprocess_per_point=False, log=lambda *_: None)
+    assert [(r["mixer"], r["kind"]) for r in rows] == [("pom", "pom"), ("pom-lean", "pom")]
+    assert rows[0]["gflop"] == pytest.approx(rows[1]["gflop"])  # the lean backward recomputes no GEMM
+    assert all(r["peak_mb"] >= 0 and r["ms_fwd_bwd"] > 0 for r in rows)
+
+
 # ---- the video memory harness: probe, validation, self-checks, claim ------------------------------------
 def _held_until_sampled(probe, mb):
     """Allocate (and touch) `mb` MB inside `probe`'s region, hold it until the probe has surely seen it, free it.

@@ -26,6 +26,11 @@ size via ctx.frame_sizes). All O(N) in time and memory. v1's state goes through
 The readout never forms s * H when H is shared by many queries: W_o(s_i * H) = s_i @ M with
 M = diag(H) W_o^T (or its per-head sum), one small (G, D) matrix per batch row (per frame for
 "block"), so the readout is a single batched GEMM.
+
+`lean=True` (v1, masks "none" and "block", when gradients are recorded) runs the layer as one
+autograd.Function that keeps for backward only what a GEMM made ([W_h; W_s] x) and recomputes the
+features and gates, chunk by chunk over tokens (`pom_lean.py`: the memory floor and why). Same
+forward values; off by default, where autograd differentiates the plain forward below.
 """
 from __future__ import annotations
 
@@ -36,18 +41,21 @@ from torch import nn
 from ..kernels import poly_mean
 from ..kernels.pom_ref import aggregate, poly_features
 from . import MixerContext, register
+from .pom_lean import lean_pom, readout_matrix
 
 
 @register("pom")
 class PoM(nn.Module):
     def __init__(self, dim: int, num_heads: int, degree: int = 2, expand: int = 2, form: str = "v1",
-                 gate_heads: int = 0, coeff_init: float = 1e-3):
+                 gate_heads: int = 0, coeff_init: float = 1e-3, lean: bool = False):
         super().__init__()
         if form not in ("v1", "v2"):
             raise ValueError(f"unknown PoM form '{form}' (known: v1, v2)")
+        if lean and form != "v1":
+            raise ValueError("PoM lean=True (the memory-lean backward) is implemented for form v1 only")
         if degree < 1 or expand < 1:
             raise ValueError(f"PoM degree ({degree}) and expand ({expand}) must be >= 1")
-        self.dim, self.degree, self.expand, self.form = dim, degree, expand, form
+        self.dim, self.degree, self.expand, self.form, self.lean = dim, degree, expand, form, lean
         # state channels: k*e*D for v1 (the k products are concatenated), e*D for v2 (alpha folds k in)
         self.state_dim = (degree if form == "v1" else 1) * expand * dim
         self.gate_dim = num_heads if gate_heads > 0 else self.state_dim
@@ -66,7 +74,7 @@ class PoM(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, form={self.form}, degree={self.degree}, expand={self.expand}, "
-                f"state_dim={self.state_dim}, gate_dim={self.gate_dim}")
+                f"state_dim={self.state_dim}, gate_dim={self.gate_dim}" + (", lean=True" if self.lean else ""))
 
     # --- pieces -------------------------------------------------------------------------------
     def _split(self, x: torch.Tensor):
@@ -93,12 +101,7 @@ class PoM(nn.Module):
 
     def _readout_matrix(self, H: torch.Tensor) -> torch.Tensor:
         """(..., S) state -> (..., G, D) matrix M with W_o(s * H) = s @ M (bias excluded)."""
-        wt = self.proj_out.weight.t()  # (S, D)
-        if self.gate_dim == self.state_dim:
-            return H[..., :, None] * wt  # (..., S, D)
-        G = self.gate_dim
-        Hg = H.unflatten(-1, (G, -1))  # (..., G, S/G)
-        return torch.einsum("...gc,gcd->...gd", Hg, wt.unflatten(0, (G, -1)))  # (..., G, D)
+        return readout_matrix(H, self.proj_out.weight, self.gate_dim)
 
     def _readout(self, s: torch.Tensor, H: torch.Tensor, mask: str, sizes) -> torch.Tensor:
         """y = W_o(s * H) + b_o for gates s (B, N, G) and the state H of `poly_mean`'s shape."""
@@ -121,6 +124,8 @@ class PoM(nn.Module):
         ctx = ctx or MixerContext()
         B, N, D = x.shape
         sizes = ctx.sizes(N) if ctx.mask == "block" else None
+        if self.lean and ctx.mask != "causal" and torch.is_grad_enabled():
+            return lean_pom(x, self.proj_in, self.proj_out, self.degree, self.gate_dim, sizes or (N,))
         a, s = self._split(x)  # (B, N, S), (B, N, G)
         H = self._state(a, ctx.mask, sizes)  # (B, S) | (B, F, S) | (B, N, S)
         return self._readout(s, H, ctx.mask, sizes)  # (B, N, D)

@@ -6,6 +6,8 @@
 - `scaling`: forward+backward time, peak memory and achieved FLOP/s of one mixer layer, PoM vs SDPA
   attention, over the sequence length N (D=256, batch 4; `common.bench.bench_mixers`), with the derived
   log-log slopes, speedups, crossover N and the PoM layer's share of this machine's matmul FLOP/s;
+  PoM in four settings (`ARMS`): one gate per state channel (the paper's) or per head, each with
+  autograd's backward or the lean one (`common.mixers.pom_lean`), summarised by `layer_memory`;
 - `video`: measured peak memory and time per frame of frame-by-frame generation with an untrained
   block-causal video DiT against the number of frames, PoM state vs attention key/value cache, with the
   self-checks that make the memory numbers trustworthy (`bench_video`, `video_summary`).
@@ -20,6 +22,7 @@ from typing import ClassVar
 import torch
 
 from common.bench import (
+    MMAP_ALL,
     BenchError,
     PeakRSS,
     bench_mixers,
@@ -32,6 +35,13 @@ from common.bench import (
 from common.config import build_section
 
 POM = {"degree": 2, "expand": 2}  # the mixer measured (the paper's default, DiPoM's)
+ARMS = {  # label -> (mixer, kwargs): PoM with its gate per state channel or per head, autograd's or lean backward
+    "pom": ("pom", POM),
+    "pom-lean": ("pom", {**POM, "lean": True}),
+    "pom-head": ("pom", {**POM, "gate_heads": 1}),
+    "pom-head-lean": ("pom", {**POM, "gate_heads": 1, "lean": True}),
+    "attention": ("attention", {}),
+}
 
 
 @dataclass
@@ -114,14 +124,11 @@ def bench_video(mixers=("pom", "attention"), frames=(4, 8, 16, 32), model: str =
         raise BenchError(f"bench.frames {list(frames)} with mixers {list(mixers)}: the video memory benchmark "
                          "needs >= 2 frame counts and attention (its self-check reference)")
     point = f"{__name__}.measure_video_point"
-    # glibc: serve every block >= 64 KiB by mmap and return it on free (no adaptive threshold), so the
-    # peak RSS follows the live tensors instead of the allocator's heap history
-    mmap_all = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
 
     def measure(**kw):
         if not subprocess_per_point:
             return measure_video_point(**kw)
-        row = run_in_subprocess(point, kw, timeout, env=mmap_all)  # memory
+        row = run_in_subprocess(point, kw, timeout, env=MMAP_ALL)  # memory: the resident peak follows live tensors
         row["s_per_frame"] = run_in_subprocess(point, kw, timeout)["s_per_frame"]  # time
         return row
 
@@ -219,15 +226,50 @@ def scaling(rows: list[dict], Ns, matmul: float) -> dict:
             "matmul_gflops_per_s": matmul, "pom_flops_efficiency": big["gflops_per_s"] / matmul if big else None}
 
 
+FLOOR_TOL = 0.10  # the lean per-channel layer's peak may exceed its floor by this share
+EXTRA_TIME_MAX = 0.15  # extra forward+backward time the lean backward may cost over autograd's
+MEMORY_MIN_N = 4096  # the memory comparison holds from this N on
+
+
+def layer_memory(rows: list[dict], dim: int, batch: int, heads: int, pom: dict = POM) -> dict:
+    """PoM layer memory against attention's and against its floor, for N >= MEMORY_MIN_N.
+
+    Floor: what one token must keep without recomputing the input GEMM (`common.mixers.pom_lean`): the
+    fused projection [a; g] (S + G floats) until backward, and its input gradient (D floats) that backward
+    writes; the weights and the input x exist before the measured region. S = degree * expand * D;
+    G = S with one gate per channel, `heads` with one per head."""
+    S = pom["degree"] * pom["expand"] * dim
+    by = {(r["mixer"], r["N"]): r for r in rows if r.get("peak_mb") is not None}
+    points = []
+    for N in sorted({r["N"] for r in rows if r["N"] >= MEMORY_MIN_N}):
+        get = lambda label, key: (by.get((label, N)) or {}).get(key)  # noqa: E731
+        p = {"N": N, **{f"{k}_mb": get(k, "peak_mb") for k in ARMS}}
+        for gate, G in (("", S), ("head-", heads)):
+            p[f"pom-{gate}floor_mb"] = batch * N * (S + G + dim) * 4 / 2**20
+            plain, lean = get(f"pom-{gate}".rstrip("-"), "ms_fwd_bwd"), get(f"pom-{gate}lean", "ms_fwd_bwd")
+            p[f"pom-{gate}lean_time_ratio"] = lean / plain if lean and plain else None
+        p["floor_ratio"] = p["pom-lean_mb"] / p["pom-floor_mb"] if p["pom-lean_mb"] is not None else None
+        p["head_vs_attention"] = (p["pom-head-lean_mb"] / p["attention_mb"]
+                                  if p["pom-head-lean_mb"] is not None and p["attention_mb"] else None)
+        points.append(p)
+    return {"points": points, "min_n": MEMORY_MIN_N, "floor_tol": FLOOR_TOL, "extra_time_max": EXTRA_TIME_MAX,
+            "floor": "per token: S + G floats of the fused projection kept for backward + D of the input gradient"}
+
+
 def run(section: dict) -> dict:
     """bench.json's content from the params `bench:` section (ConfigError names a bad `bench.<key>`)."""
     cfg = build_section(BenchConfig, section or {}, "bench")
     threads = torch.get_num_threads()
-    rows = bench_mixers(("pom", "attention"), Ns=cfg.tokens, dim=cfg.dim, batch=cfg.batch, heads=4, threads=threads,
-                        reps=3, max_seconds=cfg.max_seconds, mixer_kwargs={"pom": POM}, linear=("pom",))
+    rows = bench_mixers(ARMS, Ns=cfg.tokens, dim=cfg.dim, batch=cfg.batch, heads=4, threads=threads,
+                        reps=3, max_seconds=cfg.max_seconds, linear=tuple(k for k in ARMS if k.startswith("pom")))
     sc = scaling(rows, cfg.tokens, matmul_gflops_per_s(threads=threads))
     sc["protocol"] = {"dim": cfg.dim, "batch": cfg.batch, "heads": 4, "pom": POM,
-                      "pass": "forward+backward, fp32, CPU", "threads": threads}
+                      "arms": {k: {"mixer": m, **kw} for k, (m, kw) in ARMS.items()},
+                      "pass": "forward+backward, fp32, CPU", "threads": threads,
+                      "memory": "peak resident memory of one forward+backward above the RSS right before it "
+                                "(kernel high-water mark reset), input and weights excluded, gradients included; "
+                                "a fresh process per point, another one for the time"}
+    sc["layer_memory"] = layer_memory(rows, cfg.dim, cfg.batch, heads=4)
     video = bench_video(frames=cfg.frames, model="DiT-M/4", batch=8, steps=4)
     video["protocol"] = {"model": "DiT-M/4 (untrained), mask=block", "batch": 8, "steps": 4, "cfg_scale": 2.0,
                          "memory": "peak resident memory of the generation call above the RSS right before it "
