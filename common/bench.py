@@ -252,6 +252,16 @@ def measure_point(mixer: str, N: int, dim: int, batch: int, heads: int, reps: in
     return row
 
 
+def check_monotone(rows: list[dict], x: str, y: str, what: str, slack_mb: float = 6.4) -> None:
+    """BenchError unless `y` (MB) never falls as `x` grows, within `slack_mb` (the probe's certified resolution,
+    10% of the planted 64 MB): per-token and per-frame memory only adds up, so a drop means a broken reading."""
+    pts = sorted((r[x], r[y]) for r in rows if r.get(y) is not None)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if y1 < y0 - slack_mb:
+            raise BenchError(f"{what}: {y} falls from {y0:.1f} MB at {x}={x0} to {y1:.1f} MB at {x}={x1}: "
+                             "memory that must grow does not, the measurement is broken")
+
+
 MMAP_ALL = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}  # glibc: blocks >= 64 KiB mapped alone, unmapped on free
 
 
@@ -311,6 +321,7 @@ def bench_mixers(mixers, Ns=(64, 256, 1024, 2048, 4096, 8192, 16384), dim: int =
                 row = measure_point(**kw)
             check_mb(row["peak_mb"], f"{label} N={N}: peak_mb")
             rows.append(row)
+            check_monotone([r for r in rows if r["mixer"] == label], "N", "peak_mb", f"{label} layer memory")
             prev = row
             log(f"{label:>14} N={N:>6} {row['ms_fwd_bwd']:10.1f} ms {row['peak_mb']:9.1f} MB "
                 f"{row['gflop']:9.2f} GFLOP {row['gflops_per_s']:7.1f} GFLOP/s")
@@ -356,6 +367,6 @@ def core(log=print) -> dict:
     return res
 
 
-__all__ = ["BenchError", "PeakRSS", "bench_mixers", "bench_train_step", "check_mb", "core", "count_flops",
+__all__ = ["BenchError", "PeakRSS", "bench_mixers", "bench_train_step", "check_mb", "check_monotone", "core", "count_flops",
            "loglog_slope", "machine", "matmul_gflops_per_s", "maxrss_mb", "MMAP_ALL", "measure_point", "ram_mb", "rss_bytes",
            "run_in_subprocess", "time_ms"]

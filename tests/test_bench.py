@@ -108,6 +108,16 @@ def test_layer_memory_summary_and_claim():
     json.dumps(good)
 
 
+def test_memory_that_must_grow_is_checked():
+    from common.bench import check_monotone
+
+    rows = [{"N": 1024, "peak_mb": 50.0}, {"N": 4096, "peak_mb": 200.0}, {"N": 256, "peak_mb": 12.0}]
+    check_monotone(rows, "N", "peak_mb", "ok")
+    check_monotone(rows + [{"N": 8192, "peak_mb": 195.0}], "N", "peak_mb", "within the probe's resolution")
+    with pytest.raises(BenchError, match="falls from 200.0 MB at N=4096 to 150.0 MB at N=8192"):
+        check_monotone(rows + [{"N": 8192, "peak_mb": 150.0}], "N", "peak_mb", "pom layer memory")
+
+
 def test_labelled_arms_measure_one_mixer_in_several_settings():
     rows = bench_mixers({"pom": ("pom", {"degree": 2}), "pom-lean": ("pom", {"degree": 2, "lean": True})}, Ns=(8,),
                         dim=16, batch=1, heads=2, reps=1, threads=1, subprocess_per_point=False, log=lambda *_: None)
@@ -175,6 +185,10 @@ def test_video_summary_self_checks():
     vid = video_summary(*_video_rows(pom_growth=0.2))
     assert (vid["frames_lo"], vid["frames_hi"]) == (4, 32) and all(c["passed"] for c in vid["checks"].values())
     assert vid["growth_mb"]["attention"] == pytest.approx(168.0) and vid["growth_mb"]["pom"] == pytest.approx(0.2)
+    rows, planted = _video_rows()
+    rows[2] = dict(rows[2], work_mb=rows[0]["work_mb"] - 10.0)  # attention at 8 frames below its 4-frame reading
+    with pytest.raises(BenchError, match="attention's video memory: work_mb falls"):
+        video_summary(rows, planted)
     assert vid["pom_growth_ratio"] == pytest.approx(0.2 / 168.0)
     json.dumps(vid)
     for kw, check in ((dict(seen=40.0), "planted-allocation"), (dict(seen=80.0), "planted-allocation"),

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.kernels.pom_ref import poly_features
 from common.mixers import MixerContext
 from common.mixers.pom import PoM
 from common.mixers.pom_lean import features_vjp, token_chunks
-from common.kernels.pom_ref import poly_features
 
 CASES = [  # (degree, expand, gate_heads, mask, frame sizes)
     (2, 2, 0, "none", None),

@@ -27,6 +27,7 @@ from common.bench import (
     PeakRSS,
     bench_mixers,
     check_mb,
+    check_monotone,
     loglog_slope,
     machine,
     matmul_gflops_per_s,
@@ -165,6 +166,7 @@ def video_summary(rows: list[dict], planted: dict) -> dict:
         where = f"video point {r['mixer']} F={r['frames']}"
         for key in ("peak_mb", "work_mb", "state_mb", "video_mb", "base_mb"):
             check_mb(r[key], f"{where}: {key}")
+    check_monotone([r for r in rows if r["mixer"] == "attention"], "frames", "work_mb", "attention's video memory")
     by = {(r["mixer"], r["frames"]): r for r in rows}
     lo, hi = min(r["frames"] for r in rows), max(r["frames"] for r in rows)
     resolution = PLANT_TOL * PLANT_MB
@@ -241,12 +243,15 @@ def layer_memory(rows: list[dict], dim: int, batch: int, heads: int, pom: dict =
     S = pom["degree"] * pom["expand"] * dim
     by = {(r["mixer"], r["N"]): r for r in rows if r.get("peak_mb") is not None}
     points = []
+
+    def get(label, N, key):
+        return (by.get((label, N)) or {}).get(key)
+
     for N in sorted({r["N"] for r in rows if r["N"] >= MEMORY_MIN_N}):
-        get = lambda label, key: (by.get((label, N)) or {}).get(key)  # noqa: E731
-        p = {"N": N, **{f"{k}_mb": get(k, "peak_mb") for k in ARMS}}
+        p = {"N": N, **{f"{k}_mb": get(k, N, "peak_mb") for k in ARMS}}
         for gate, G in (("", S), ("head-", heads)):
             p[f"pom-{gate}floor_mb"] = batch * N * (S + G + dim) * 4 / 2**20
-            plain, lean = get(f"pom-{gate}".rstrip("-"), "ms_fwd_bwd"), get(f"pom-{gate}lean", "ms_fwd_bwd")
+            plain, lean = get(f"pom-{gate}".rstrip("-"), N, "ms_fwd_bwd"), get(f"pom-{gate}lean", N, "ms_fwd_bwd")
             p[f"pom-{gate}lean_time_ratio"] = lean / plain if lean and plain else None
         p["floor_ratio"] = p["pom-lean_mb"] / p["pom-floor_mb"] if p["pom-lean_mb"] is not None else None
         p["head_vs_attention"] = (p["pom-head-lean_mb"] / p["attention_mb"]
