@@ -475,13 +475,23 @@ def bench_figure(bench_json, paper: str) -> Figure | None:
 
 # ---- x0-error diagnostic -------------------------------------------------------------------------------
 
-def x0_error_figure(results: list) -> Figure | None:
-    """The x0 error vs log-SNR, one line per run (`pipelines.x0_error` outputs: dicts or JSON paths), log
+def x0_error_runs(results) -> list[dict]:
+    """The run entries of `pipelines.x0_error` outputs (a dict or JSON path, or a list of them; an output
+    holds its runs under "runs"; a bare run entry, with "points", counts as itself). Missing files give none."""
+    items = results if isinstance(results, (list, tuple)) else [results]
+    runs = []
+    for r in items:
+        d = read_json(r) if isinstance(r, (str, Path)) else (r or {})
+        runs += [e for e in ((d.get("runs") or []) if "runs" in d else [d]) if e and e.get("points")]
+    return runs
+
+
+def x0_error_figure(results) -> Figure | None:
+    """The x0 error vs log-SNR, one line per run (`pipelines.x0_error` outputs, see `x0_error_runs`), log
     scale, band = standard error over digits; lines of one variant share a colour (each seed its own dashes). Noise grows to the left:
     where an arm's line rises above the others is where its x0 estimate (read as the sampler reads it)
     is worse. None when there is nothing to draw."""
-    docs = [read_json(r) if isinstance(r, (str, Path)) else r for r in results]
-    docs = [d for d in docs if d and d.get("points")]
+    docs = x0_error_runs(results)
     if not docs:
         print("no x0-error results to draw")
         return None
