@@ -7,6 +7,7 @@ conversion anywhere breaks it. Then the stage on a tiny model trained one step: 
 increasing log-SNR grid and finite errors, for a flow and a DDPM run."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,39 @@ def test_figure_draws_one_line_per_run(runs):
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 4 and ax.get_yscale() == "log"
     assert x0_error_figure([]) is None and x0_error_figure("no/such/x0_error.json") is None
+
+
+def x0_stages():
+    """(paper, stage name, stage, the file's vars) of every dvc.yaml stage that runs pipelines.x0_error."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "papers").glob("*/dvc.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        for name, st in doc["stages"].items():
+            if str(st.get("cmd", "")).startswith("python -m pipelines.x0_error"):
+                yield path.parent.name, name, st, doc.get("vars", [])
+
+
+def test_dvc_stage_deps_are_the_checkpoints_of_the_runs_it_measures():
+    """DVC cannot expand a list into deps, so a stage names its runs twice: in its command and as checkpoint
+    deps. They must agree (a run measured but not a dep would not re-run the stage when retrained; a dep not
+    measured re-runs it for nothing), every run must be one the paper's pipeline trains, and the output is
+    committed (cache: false) so the page rebuilds on a fresh clone."""
+    import shlex
+
+    from pipelines.x0_error import parse_args, run_dirs
+
+    stages = list(x0_stages())
+    assert stages  # papers/dit has one
+    for paper, name, st, variables in stages:
+        argv = shlex.split(st["cmd"])[3:]
+        args = parse_args(argv)
+        assert args.paper == paper and not args.run, f"{paper}:{name} measures another paper's runs"
+        measured = {f"{d.as_posix()}/ckpt" for _, _, d in run_dirs(args)}
+        assert {d for d in st["deps"] if d.endswith("/ckpt")} == measured, f"{paper}:{name}"
+        trained = next(v["runs"] for v in variables if isinstance(v, dict) and "runs" in v)
+        assert {(v, s) for v, s, _ in run_dirs(args)} <= {(r["variant"], r["seed"]) for r in trained.values()}
+        assert {"pipelines/x0_error.py", "common/diagnostics.py"} <= set(st["deps"])
+        outs = {k: v for o in st["outs"] for k, v in (o.items() if isinstance(o, dict) else [(o, {})])}
+        assert outs == {args.out: {"cache": False}}
