@@ -13,7 +13,9 @@ stage runs on a fresh clone without the DVC cache and without training.
 
 Beside metrics.json it writes `README.md` (GitHub shows it when the folder is opened): the same rows and
 claims as tables, and the CPU time every variant cost (training and sampling, per seed and in total),
-rendered from metrics.json only, so no number in it was typed by hand.
+rendered from metrics.json only, so no number in it was typed by hand. A paper module may add sections with
+`readme_sections(doc, out_dir) -> [markdown, ...]`, rendered from the document and the pipeline files in
+the results folder (DiT's "Why the DDPM arm fails the gate").
 """
 from __future__ import annotations
 
@@ -162,6 +164,9 @@ def build(paper: str, runs_dir: Path, out: Path, notebooks: list[str] | None = N
     if problems:
         raise ResultsError(f"'{out}' would not validate: " + "; ".join(problems))
     readme = summary_markdown(doc)
+    sections = getattr(mod, "readme_sections", None)  # a paper's own sections, from its pipeline files
+    if callable(sections):
+        readme += "".join(f"\n{s.strip()}\n" for s in sections(doc, out_dir) or [])
     sweep = out_dir / "sweep.md"  # the reference-recipe sweep's table (pipelines.sweep), shown where it was run
     if sweep.is_file():
         table = sweep.read_text(encoding="utf-8").split("\n", 1)[1].strip()

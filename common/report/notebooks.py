@@ -475,13 +475,23 @@ def bench_figure(bench_json, paper: str) -> Figure | None:
 
 # ---- x0-error diagnostic -------------------------------------------------------------------------------
 
-def x0_error_figure(results: list) -> Figure | None:
-    """The x0 error vs log-SNR, one line per run (`pipelines.x0_error` outputs: dicts or JSON paths), log
+def x0_error_runs(results) -> list[dict]:
+    """The run entries of `pipelines.x0_error` outputs (a dict or JSON path, or a list of them; an output
+    holds its runs under "runs"; a bare run entry, with "points", counts as itself). Missing files give none."""
+    items = results if isinstance(results, (list, tuple)) else [results]
+    runs = []
+    for r in items:
+        d = read_json(r) if isinstance(r, (str, Path)) else (r or {})
+        runs += [e for e in ((d.get("runs") or []) if "runs" in d else [d]) if e and e.get("points")]
+    return runs
+
+
+def x0_error_figure(results) -> Figure | None:
+    """The x0 error vs log-SNR, one line per run (`pipelines.x0_error` outputs, see `x0_error_runs`), log
     scale, band = standard error over digits; lines of one variant share a colour (each seed its own dashes). Noise grows to the left:
     where an arm's line rises above the others is where its x0 estimate (read as the sampler reads it)
     is worse. None when there is nothing to draw."""
-    docs = [read_json(r) if isinstance(r, (str, Path)) else r for r in results]
-    docs = [d for d in docs if d and d.get("points")]
+    docs = x0_error_runs(results)
     if not docs:
         print("no x0-error results to draw")
         return None
@@ -506,8 +516,101 @@ def x0_error_figure(results: list) -> Figure | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     p = docs[0].get("protocol", {})
+    weights = {True: "EMA", False: "raw"}.get(p.get("ema"), "?")
     ax.set_title(f"x0 error of the model's estimate vs noise level\n{p.get('dataset', '?')} {p.get('split', '?')}, "
-                 f"n = {p.get('num', '?')} digits, EMA {p.get('ema', '?')}, guidance {p.get('guidance', '?')}, "
-                 f"same noise for every run", fontsize=9)
+                 f"n = {p.get('num', '?')} digits, {weights} weights, guidance {p.get('guidance', '?')},\n"
+                 f"the same noise for every run", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ---- why an arm fails: faithfulness to the official code, x0 error, gates -------------------------------
+
+def _doc(d) -> dict:
+    return read_json(d) if isinstance(d, (str, Path)) else (d or {})
+
+
+def faithful_table(faithful) -> pd.DataFrame:
+    """A `pipelines.faithful` output (dict or path), one row per compared group and dtype: the quantities
+    compared, the worst max |ours - official| among them, the tolerance, and whether every one is within it.
+    Empty when there is no output."""
+    rows = _doc(faithful).get("rows") or []
+    out = []
+    for (group, dtype), g in pd.DataFrame(rows).groupby(["group", "dtype"], sort=False) if rows else []:
+        out.append({"compared": group, "dtype": dtype, "quantities": len(g),
+                    "max abs diff (ours vs official)": float(g["max_abs_diff"].max()), "tolerance": float(g["atol"].max()),
+                    "within": "all" if g["passed"].all() else f"{int(g['passed'].sum())} of {len(g)}"})
+    return pd.DataFrame(out)
+
+
+def _run_label(e: dict) -> str:
+    return f"{e.get('variant', '?')} ({e.get('objective', '?')}, {e.get('prediction', '?')})"
+
+
+def x0_error_table(results) -> pd.DataFrame:
+    """x0 MSE (mean over each variant's seeds) per asked log-SNR (rows, noisiest first) and variant
+    (columns "<variant> (<objective>, <prediction>)", in the order of the runs); the seeds behind each
+    column are in `.attrs["seeds"]`. DDPM runs are measured at their chain's nearest step (`log_snr_used`)."""
+    runs = x0_error_runs(results)
+    if not runs:
+        return pd.DataFrame()
+    cols: dict[str, list] = {}
+    for e in runs:
+        cols.setdefault(_run_label(e), []).append(e)
+    table = pd.DataFrame({label: pd.DataFrame([{p["log_snr"]: p["mse"] for p in e["points"]} for e in es]).mean()
+                          for label, es in cols.items()}).sort_index()
+    table.index.name = "log-SNR"
+    table.attrs["seeds"] = {label: [e.get("seed") for e in es] for label, es in cols.items()}
+    return table
+
+
+def arm_gate(row: dict) -> dict:
+    """An arm's quality gate by the one rule (`common.metrics.schema.gate_arm`) from its metrics.json row:
+    the image gate, or the video gate for a row with frame-FID (its calibration is not read here)."""
+    from common.metrics.schema import gate_arm
+
+    return gate_arm(row, "video" if row.get("frame_fid") is not None else "image", None)
+
+
+def claim_gate_table(metrics, key: str) -> pd.DataFrame:
+    """Each arm of the claim `key` of a metrics.json (dict or path): its class-consistency (mean over seeds
+    and per seed, from its row) and its gate, as the claim judged it or, when the claim did not get that far
+    (an arm missing), by the rule from the arm's row; the claim's text, verdict and reason in `.attrs`.
+    Empty when there is no such claim."""
+    m = _doc(metrics)
+    claim = next((c for c in m.get("claims") or [] if c.get("key") == key), None)
+    if claim is None:
+        return pd.DataFrame()
+    rows = {r["variant"]: r for r in m.get("rows") or []}
+    gates = (claim.get("gate") or {}).get("arms") or {}
+    out = []
+    for arm in claim.get("compares") or []:
+        r = rows.get(arm)
+        g = gates.get(arm) or (arm_gate(r) if r else None)
+        per_seed = (r or {}).get("class_consistency_per_seed")
+        why = (g or {}).get("detail", "") if r else "did not run"
+        if r and arm not in gates:
+            why += " (the arm's own gate: the claim was not judged)"
+        out.append({"arm": arm, "seeds": ", ".join(map(str, (r or {}).get("seeds") or [])) or NONE,
+                    "class-consistency": (r or {}).get("class_consistency"),
+                    "per seed": ", ".join(f"{v:.2f}" for v in per_seed) if per_seed else NONE,
+                    "gate": NONE if g is None or g.get("passed") is None else ("pass" if g["passed"] else "fail"),
+                    "why": why})
+    table = pd.DataFrame(out)
+    table.attrs.update(verdict=claim.get("verdict"), reason=claim.get("reason", ""), claim=claim.get("claim", ""))
+    return table
+
+
+def markdown_table(table: pd.DataFrame, index: bool = False, digits: int = 3) -> str:
+    """A DataFrame as a GitHub Markdown table; floats with `digits` significant digits, None as a dash."""
+    def cell(v):
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            return NONE
+        if isinstance(v, float):
+            return f"{v:.{digits}g}"
+        return str(v).replace("|", "\\|")
+
+    frame = table.reset_index() if index else table
+    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
