@@ -189,7 +189,7 @@ def check_types(kwargs: dict, label: str, prefix: str = "") -> None:
 def explain_build_errors(settings: dict, label: str):
     """A TypeError, ValueError or KeyError raised while building a model from `settings` ({key: value})
     becomes a ConfigError naming the setting its message mentions (all of them if it mentions none)."""
-    settings = _flatten(settings)
+    settings = flatten(settings)
     try:
         yield
     except UserError:
@@ -208,12 +208,12 @@ def explain_build_errors(settings: dict, label: str):
         raise ConfigError(f"{label} {shown}: {msg}") from e
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1} (an empty mapping stays as it is)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

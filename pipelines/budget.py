@@ -37,7 +37,7 @@ import yaml
 from common.errors import UserError, short_reason
 from common.io import InputError, check_writable, read_json, write_atomic, write_json
 
-from ._cli import StageParser, friendly_errors
+from ._cli import StageParser, flatten, friendly_errors
 from .share import MARK as SHARE_MARK
 
 COMMITTED = "collect"                      # the per-run stage whose output is the run's committed files
@@ -243,19 +243,10 @@ def _get(cfg: dict, dotted: str):
     return node
 
 
-def _flat(d, prefix: str) -> dict:
-    if not isinstance(d, dict) or not d:
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}"))
-    return out
-
-
 def setting_diff(a: dict, b: dict) -> list[str]:
     """The dotted model / diffusion keys on which two variant configs differ."""
-    fa = {k: v for s in SETTINGS for k, v in _flat(a.get(s) or {}, s).items()}
-    fb = {k: v for s in SETTINGS for k, v in _flat(b.get(s) or {}, s).items()}
+    fa = flatten({s: a.get(s) or {} for s in SETTINGS})
+    fb = flatten({s: b.get(s) or {} for s in SETTINGS})
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 

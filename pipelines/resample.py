@@ -44,12 +44,12 @@ from common.train import load_for_sampling
 
 from ._cli import (
     StageParser,
-    _flatten,
     add_run_args,
     check_identity,
     check_run_json,
     config_from_args,
     default_run_dir,
+    flatten,
     friendly_errors,
     run_identity,
 )
@@ -77,8 +77,8 @@ def parse_args(argv=None):
 def check_sampling_only(cfg, src_cfg) -> None:
     """The variant must be the source's training: only its `sample` section may differ."""
     mine, theirs = cfg.to_dict(), src_cfg.to_dict()
-    flat_mine = _flatten({k: mine[k] for k in TRAINED})
-    flat_theirs = _flatten({k: theirs[k] for k in TRAINED})
+    flat_mine = flatten({k: mine[k] for k in TRAINED})
+    flat_theirs = flatten({k: theirs[k] for k in TRAINED})
     diff = sorted(k for k in flat_mine.keys() | flat_theirs.keys() if flat_mine.get(k) != flat_theirs.get(k))
     if diff:
         raise ResampleError(f"variant '{cfg.variant}' is not a sampling-only variant of '{src_cfg.variant}': they "

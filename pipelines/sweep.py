@@ -36,8 +36,11 @@ from common.errors import UserError
 from common.io import check_writable, write_atomic, write_json
 from common.metrics import schema
 
-from ._cli import StageParser, friendly_errors
-from ._cli import _flatten as flatten  # {"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}
+from ._cli import (
+    StageParser,
+    flatten,  # {"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}
+    friendly_errors,
+)
 
 # The image gate of the verdict rule (DESIGN.md: Verdicts), from the schema once it defines it.
 GATE_METRIC, GATE_MIN = "class_consistency", getattr(schema, "IMAGE_GATE", 0.8)
