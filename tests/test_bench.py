@@ -89,8 +89,8 @@ def test_layer_memory_summary_and_claim():
     from papers.pom import claims
     from papers.pom.bench import layer_memory
 
-    floor = 4096 * (32 + 32 + 8) * 4 / 2**20  # batch 1, S = G = 2*2*8 per channel, + D
-    head_floor = 4096 * (32 + 2 + 8) * 4 / 2**20
+    floor = (4096 * (32 + 32 + 8) + 32 * 8) * 4 / 2**20  # batch 1, S = G = 2*2*8 per channel, + D; + G x D
+    head_floor = (4096 * (32 + 2 + 8) + 2 * 8) * 4 / 2**20
 
     def claim(rows):
         lm = layer_memory(rows, dim=8, batch=1, heads=2)

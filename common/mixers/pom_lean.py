@@ -6,7 +6,8 @@ full-length gradients of all of them at once. Of these only z costs a GEMM to re
 elementwise in z. So this autograd.Function keeps z (plus x, which the caller holds anyway, and the
 tiny (B, F, S) state) and recomputes the polynomial features and the gates where they are needed.
 
-The floor without recomputing the input GEMM is therefore S + G floats a token. With one gate per
+The floor without recomputing the input GEMM is therefore S + G floats a token (and, not per token, one
+(G, D) readout matrix per batch row and frame, which forward and backward both need). With one gate per
 state channel (G = S = k*e*D: 2,048 floats at k = e = 2) that is 8x a D = 256 token, more than
 attention keeps (q, k, v, output: ~4D); with one gate per head (G = heads) it is about half of that.
 Rebuilding z from x instead would cost one more input GEMM (2*D*(S+G) FLOPs a token, about a fifth
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from ..kernels import use_triton
 from ..kernels.pom_ref import direct_grad, poly_mean_fwd
 
-CHUNK_ELEMS = 1 << 20  # elements of one (B, T, S + G) chunk temporary (4 MB in fp32)
+CHUNK_ELEMS = 1 << 18  # elements of one (B, T, S + G) chunk temporary (1 MB in fp32)
 
 
 def readout_matrix(H: torch.Tensor, w_out: torch.Tensor, gate_dim: int) -> torch.Tensor:
@@ -40,6 +41,25 @@ def readout_matrix(H: torch.Tensor, w_out: torch.Tensor, gate_dim: int) -> torch
         return H[..., :, None] * wt  # (..., S, D)
     Hg = H.unflatten(-1, (gate_dim, -1))  # (..., G, S/G)
     return torch.einsum("...gc,gcd->...gd", Hg, wt.unflatten(0, (gate_dim, -1)))  # (..., G, D)
+
+
+def readout_vjp(dM: torch.Tensor, H: torch.Tensor, w_out: torch.Tensor, gate_dim: int):
+    """(dH, dW_o) from the gradient dM (..., G, D) of `readout_matrix(H, w_out, gate_dim)`.
+
+    One gate per channel: M[., s, d] = H[., s] W[d, s], so dH[., s] = sum_d dM[., s, d] W[d, s] and
+    dW[d, s] = sum_. dM[., s, d] H[., s], taken one (S, D) slab at a time (no (..., S, D) temporaries
+    beside dM). One gate per head: M is (..., heads, D), small enough for autograd."""
+    if gate_dim != w_out.shape[1]:
+        with torch.enable_grad():
+            Hr, Wr = H.detach().requires_grad_(), w_out.detach().requires_grad_()
+            return torch.autograd.grad(readout_matrix(Hr, Wr, gate_dim), (Hr, Wr), dM)
+    wt = w_out.t()  # (S, D)
+    dH, dwt = torch.empty_like(H), torch.zeros_like(wt)
+    flat_dM, flat_H, flat_dH = dM.reshape(-1, *dM.shape[-2:]), H.reshape(-1, H.shape[-1]), dH.view(-1, H.shape[-1])
+    for i in range(flat_dM.shape[0]):  # batch rows (x frames)
+        flat_dH[i] = (flat_dM[i] * wt).sum(-1)
+        dwt.addcmul_(flat_dM[i], flat_H[i, :, None])
+    return dH, dwt.t()
 
 
 def features_vjp(a: torch.Tensor, q: torch.Tensor, degree: int) -> torch.Tensor:
@@ -114,9 +134,8 @@ class LeanPoM(torch.autograd.Function):
         dM = torch.zeros_like(M)
         for f, t0, t1 in chunks:  # 1. the readout matrices' gradient
             dM[:, f] += torch.sigmoid(g[:, t0:t1]).transpose(1, 2) @ dy[:, t0:t1]
-        with torch.enable_grad():  # 2. dH, dW_o through the small (B, F, G, D) readout
-            Hr, Wr = H.detach().requires_grad_(), w_out.detach().requires_grad_()
-            dH, dw_out = torch.autograd.grad(readout_matrix(Hr, Wr, G), (Hr, Wr), dM)
+        dH, dw_out = readout_vjp(dM, H, w_out, G)  # 2. through the (B, F, G, D) readout
+        del dM  # before dx exists: the two never live together
         q = direct_grad(dH, sizes).to(z.dtype)  # (B, F, S): dL/dP for each token of frame f
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         dw_in = torch.zeros_like(w_in)
@@ -141,4 +160,4 @@ def lean_pom(x: torch.Tensor, proj_in, proj_out, degree: int, gate_dim: int, siz
 
 
 __all__ = ["CHUNK_ELEMS", "LeanPoM", "chunk_tokens", "features_vjp", "lean_pom", "readout_matrix",
-           "token_chunks"]
+           "readout_vjp", "token_chunks"]

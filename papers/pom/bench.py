@@ -238,8 +238,9 @@ def layer_memory(rows: list[dict], dim: int, batch: int, heads: int, pom: dict =
 
     Floor: what one token must keep without recomputing the input GEMM (`common.mixers.pom_lean`): the
     fused projection [a; g] (S + G floats) until backward, and its input gradient (D floats) that backward
-    writes; the weights and the input x exist before the measured region. S = degree * expand * D;
-    G = S with one gate per channel, `heads` with one per head."""
+    writes; plus, once per batch row, the (G, D) readout matrix that forward and backward both use. The
+    weights and the input x exist before the measured region. S = degree * expand * D; G = S with one
+    gate per channel, `heads` with one per head."""
     S = pom["degree"] * pom["expand"] * dim
     by = {(r["mixer"], r["N"]): r for r in rows if r.get("peak_mb") is not None}
     points = []
@@ -250,7 +251,7 @@ def layer_memory(rows: list[dict], dim: int, batch: int, heads: int, pom: dict =
     for N in sorted({r["N"] for r in rows if r["N"] >= MEMORY_MIN_N}):
         p = {"N": N, **{f"{k}_mb": get(k, N, "peak_mb") for k in ARMS}}
         for gate, G in (("", S), ("head-", heads)):
-            p[f"pom-{gate}floor_mb"] = batch * N * (S + G + dim) * 4 / 2**20
+            p[f"pom-{gate}floor_mb"] = (batch * N * (S + G + dim) + batch * G * dim) * 4 / 2**20
             plain, lean = get(f"pom-{gate}".rstrip("-"), N, "ms_fwd_bwd"), get(f"pom-{gate}lean", N, "ms_fwd_bwd")
             p[f"pom-{gate}lean_time_ratio"] = lean / plain if lean and plain else None
         p["floor_ratio"] = p["pom-lean_mb"] / p["pom-floor_mb"] if p["pom-lean_mb"] is not None else None
@@ -258,7 +259,8 @@ def layer_memory(rows: list[dict], dim: int, batch: int, heads: int, pom: dict =
                                   if p["pom-head-lean_mb"] is not None and p["attention_mb"] else None)
         points.append(p)
     return {"points": points, "min_n": MEMORY_MIN_N, "floor_tol": FLOOR_TOL, "extra_time_max": EXTRA_TIME_MAX,
-            "floor": "per token: S + G floats of the fused projection kept for backward + D of the input gradient"}
+            "floor": "per token: S + G floats of the fused projection kept for backward + D of the input gradient; "
+                     "per batch row: the (G, D) readout matrix"}
 
 
 def run(section: dict) -> dict:
