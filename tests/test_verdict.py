@@ -6,7 +6,7 @@ mean class-consistency >= 0.8 over an arm's seeds; margins are checked against t
 import pytest
 from scipy import stats
 
-from common.metrics.schema import ClaimError, ClaimSpec, claim_specs, judge, validate_metrics, welch
+from common.metrics.schema import ClaimError, ClaimSpec, claim_specs, judge, seeds_needed, validate_metrics, welch
 
 CALIB = {"image": {"fid_real_vs_real": {"300": 0.9, "1000": 0.3}},
          "video": {"moving_mnist": {"frame_fid_real_vs_real": 1.5,
@@ -89,6 +89,15 @@ def test_wide_interval_says_how_many_seeds():
     c = judge(spec(kind="comparable"), [row("a", [3.0, 6.0, 4.0]), row("b", [5.0, 2.5, 4.5])], CALIB)
     assert c["verdict"] == "inconclusive" and c["seeds_needed"] and c["seeds_needed"] > 3
     assert f"about {c['seeds_needed']} seeds" in c["reason"]
+
+
+def test_seeds_needed_targets_the_decision():
+    """A gain beyond the margin needs the interval to exclude zero; a gain inside it, to fit in +-margin."""
+    big = seeds_needed([2.0, 12.0, 22.0], [1.0, 2.0, 3.0], margin=1.0)  # gain 10, spread 10: a few more seeds
+    small = seeds_needed([1.2, 1.8, 1.5], [1.0, 1.6, 1.3], margin=1.0)  # gain 0.2, spread 0.3
+    assert big is not None and 3 < big < 20
+    assert small is not None and small == 3
+    assert seeds_needed([0.0, 20.0, 10.0], [9.0, 11.0, 10.0], margin=1.0) is None  # no gain, spread 10
 
 
 def test_missing_arm():

@@ -248,12 +248,17 @@ def welch(a: list[float], b: list[float]) -> dict:
 
 
 def seeds_needed(a: list[float], b: list[float], margin: float, limit: int = 100) -> int | None:
-    """Seeds per arm that would narrow the 90% interval to +-margin at the observed spreads (None: > limit)."""
+    """Seeds per arm that would decide the claim if the observed gain and spreads held (None: > limit).
+
+    A gain beyond the margin is decided once the 90% interval excludes zero (half-width < |gain|); a gain
+    inside the margin once the interval fits inside +-margin (half-width < margin - |gain|)."""
     from scipy import stats
 
     v = np.var(a, ddof=1) + np.var(b, ddof=1)
+    gain = abs(float(np.mean(a) - np.mean(b)))
+    room = gain if gain > margin else margin - gain
     for n in range(MIN_SEEDS, limit + 1):
-        if stats.t.ppf(1 - ALPHA, 2 * n - 2) * math.sqrt(v / n) <= margin:
+        if stats.t.ppf(1 - ALPHA, 2 * n - 2) * math.sqrt(v / n) < room:
             return n
     return None
 
@@ -363,9 +368,10 @@ def judge(spec: ClaimSpec, rows: list[dict], calibration: dict | None = None) ->
     passed = all(arms[n]["passed"] for n in needs) if needs else None
     out["gate"]["passed"] = passed
     if outcome == "inconclusive":
-        more = (f"; the interval is wider than the margin: about {out['seeds_needed']} seeds an arm would narrow "
-                f"it to +-{m:g}" if out["seeds_needed"] else
-                "; the interval is wider than the margin even at 100 seeds" if hi - lo > 2 * m else "")
+        more = (f"; the interval is wider than the margin: about {out['seeds_needed']} seeds an arm would decide "
+                f"it if the observed gain and spreads held" if out["seeds_needed"] else
+                "; the interval is wider than the margin and would stay undecided at 100 seeds" if hi - lo > 2 * m
+                else "")
         return {**out, "verdict": "inconclusive", "reason": f"neither comparable nor beyond the margin: {est}{more}",
                 "measured": measured}
     if not passed:
