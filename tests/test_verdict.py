@@ -6,7 +6,15 @@ mean class-consistency >= 0.8 over an arm's seeds; margins are checked against t
 import pytest
 from scipy import stats
 
-from common.metrics.schema import ClaimError, ClaimSpec, claim_specs, judge, seeds_needed, validate_metrics, welch
+from common.metrics.schema import (
+    ClaimError,
+    ClaimSpec,
+    claim_specs,
+    judge,
+    seeds_needed,
+    validate_metrics,
+    welch,
+)
 
 CALIB = {"image": {"fid_real_vs_real": {"300": 0.9, "1000": 0.3}},
          "video": {"moving_mnist": {"frame_fid_real_vs_real": 1.5,
