@@ -108,6 +108,18 @@ def test_layer_memory_summary_and_claim():
     json.dumps(good)
 
 
+def test_paired_lean_time_replaces_separate_timings():
+    from papers.pom.bench import layer_memory, measure_lean_time
+
+    t = measure_lean_time(N=16, dim=8, batch=1, heads=2, gate_heads=1, reps=2)
+    assert t["ratio"] > 0 and t["ms_plain"] > 0 and t["ms_lean"] > 0 and t["gate_heads"] == 1
+    rows = _layer_rows(lean_mb=1.0, head_lean_mb=1.0, lean_ms=300.0)  # separately timed: 3x slower
+    lm = layer_memory(rows, dim=8, batch=1, heads=2, times=[{"N": 4096, "gate_heads": 0, "ratio": 1.02}])
+    (p,) = lm["points"]
+    assert p["pom-lean_time_ratio"] == 1.02 and p["pom-head-lean_time_ratio"] == 1.0  # paired where measured
+    assert "one process" in lm["time_ratio"]
+
+
 def test_memory_that_must_grow_is_checked():
     from common.bench import check_monotone
 

@@ -233,14 +233,44 @@ EXTRA_TIME_MAX = 0.15  # extra forward+backward time the lean backward may cost 
 MEMORY_MIN_N = 4096  # the memory comparison holds from this N on
 
 
-def layer_memory(rows: list[dict], dim: int, batch: int, heads: int, pom: dict = POM) -> dict:
+def measure_lean_time(N: int, dim: int, batch: int, heads: int, gate_heads: int, reps: int = 3, threads: int = 1,
+                      seed: int = 0) -> dict:
+    """The lean backward's time over autograd's for one PoM layer, as a ratio measured in ONE process: the two
+    (same weights) alternate forward+backward passes, so a machine whose load changes slows both alike.
+    Returns the median of the per-pair ratios and both medians in ms."""
+    from common.bench import time_ms
+    from common.mixers.pom import PoM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    plain = PoM(dim, heads, gate_heads=gate_heads, **POM)
+    lean = PoM(dim, heads, gate_heads=gate_heads, lean=True, **POM)
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(batch, N, dim, requires_grad=True)
+
+    def fwd_bwd(m):
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        m(x).sum().backward()
+
+    fwd_bwd(plain), fwd_bwd(lean)  # warm-up
+    pairs = [(time_ms(lambda: fwd_bwd(plain), 1, 0), time_ms(lambda: fwd_bwd(lean), 1, 0)) for _ in range(reps)]
+    ratios = sorted(b / a for a, b in pairs)
+    mid = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return {"N": N, "gate_heads": gate_heads, "reps": reps, "threads": threads, "ratio": ratios[len(ratios) // 2],
+            "ms_plain": mid([a for a, _ in pairs]), "ms_lean": mid([b for _, b in pairs])}
+
+
+def layer_memory(rows: list[dict], dim: int, batch: int, heads: int, pom: dict = POM, times: list | None = None) -> dict:
     """PoM layer memory against attention's and against its floor, for N >= MEMORY_MIN_N.
 
     Floor: what one token must keep without recomputing the input GEMM (`common.mixers.pom_lean`): the
     fused projection [a; g] (S + G floats) until backward, and its input gradient (D floats) that backward
     writes; plus, once per batch row, the (G, D) readout matrix that forward and backward both use. The
     weights and the input x exist before the measured region. S = degree * expand * D; G = S with one
-    gate per channel, `heads` with one per head."""
+    gate per channel, `heads` with one per head. `times`: `measure_lean_time` rows; their in-process ratio
+    replaces the ratio of the two arms' separately measured times where both exist."""
+    paired = {(t["N"], bool(t["gate_heads"])): t["ratio"] for t in times or []}
     S = pom["degree"] * pom["expand"] * dim
     by = {(r["mixer"], r["N"]): r for r in rows if r.get("peak_mb") is not None}
     points = []
@@ -253,12 +283,15 @@ def layer_memory(rows: list[dict], dim: int, batch: int, heads: int, pom: dict =
         for gate, G in (("", S), ("head-", heads)):
             p[f"pom-{gate}floor_mb"] = (batch * N * (S + G + dim) + batch * G * dim) * 4 / 2**20
             plain, lean = get(f"pom-{gate}".rstrip("-"), N, "ms_fwd_bwd"), get(f"pom-{gate}lean", N, "ms_fwd_bwd")
-            p[f"pom-{gate}lean_time_ratio"] = lean / plain if lean and plain else None
+            ratio = paired.get((N, gate == "head-"))
+            p[f"pom-{gate}lean_time_ratio"] = ratio if ratio is not None else (lean / plain if lean and plain else None)
         p["floor_ratio"] = p["pom-lean_mb"] / p["pom-floor_mb"] if p["pom-lean_mb"] is not None else None
         p["head_vs_attention"] = (p["pom-head-lean_mb"] / p["attention_mb"]
                                   if p["pom-head-lean_mb"] is not None and p["attention_mb"] else None)
         points.append(p)
     return {"points": points, "min_n": MEMORY_MIN_N, "floor_tol": FLOOR_TOL, "extra_time_max": EXTRA_TIME_MAX,
+            "time_ratio": "lean over autograd, alternating passes in one process" if paired else "lean over autograd, "
+                          "each measured in its own process",
             "floor": "per token: S + G floats of the fused projection kept for backward + D of the input gradient; "
                      "per batch row: the (G, D) readout matrix"}
 
@@ -276,7 +309,11 @@ def run(section: dict) -> dict:
                       "memory": "peak resident memory of one forward+backward above the RSS right before it "
                                 "(kernel high-water mark reset), input and weights excluded, gradients included; "
                                 "a fresh process per point, another one for the time"}
-    sc["layer_memory"] = layer_memory(rows, cfg.dim, cfg.batch, heads=4)
+    times = [run_in_subprocess(f"{__name__}.measure_lean_time", dict(N=N, dim=cfg.dim, batch=cfg.batch, heads=4,
+                                                                      gate_heads=g, threads=threads), 1800)
+             for N in cfg.tokens if N >= MEMORY_MIN_N for g in (0, 1)]
+    sc["layer_memory"] = layer_memory(rows, cfg.dim, cfg.batch, heads=4, times=times)
+    sc["layer_memory"]["times"] = times
     video = bench_video(frames=cfg.frames, model="DiT-M/4", batch=8, steps=4)
     video["protocol"] = {"model": "DiT-M/4 (untrained), mask=block", "batch": 8, "steps": 4, "cfg_scale": 2.0,
                          "memory": "peak resident memory of the generation call above the RSS right before it "
