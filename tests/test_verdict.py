@@ -106,6 +106,10 @@ def test_seeds_needed_targets_the_decision():
     assert big is not None and 3 < big < 20
     assert small is not None and small == 3
     assert seeds_needed([0.0, 20.0, 10.0], [9.0, 11.0, 10.0], margin=1.0) is None  # no gain, spread 10
+    # one arm's spread dominates: Welch's df (about 2 at 3 seeds), not the pooled 4, so 3 seeds do not decide it
+    a, b = [18.6, 18.7, 4.8], [3.3, 4.1, 4.5]
+    assert judge(spec(), [row("a", b), row("b", a)], CALIB)["verdict"] == "inconclusive"
+    assert seeds_needed(a, b, margin=1.0) > 3
 
 
 def test_missing_arm():

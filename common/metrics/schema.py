@@ -254,11 +254,12 @@ def seeds_needed(a: list[float], b: list[float], margin: float, limit: int = 100
     inside the margin once the interval fits inside +-margin (half-width < margin - |gain|)."""
     from scipy import stats
 
-    v = np.var(a, ddof=1) + np.var(b, ddof=1)
+    va, vb = np.var(a, ddof=1), np.var(b, ddof=1)
     gain = abs(float(np.mean(a) - np.mean(b)))
     room = gain if gain > margin else margin - gain
     for n in range(MIN_SEEDS, limit + 1):
-        if stats.t.ppf(1 - ALPHA, 2 * n - 2) * math.sqrt(v / n) < room:
+        df = (n - 1) * (va + vb) ** 2 / max(va**2 + vb**2, 1e-300)  # Welch's df at n seeds an arm
+        if stats.t.ppf(1 - ALPHA, df) * math.sqrt((va + vb) / n) < room:
             return n
     return None
 
